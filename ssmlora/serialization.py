@@ -1,0 +1,95 @@
+"""Adapter checkpoints: `adapter_config.json` + `adapter_model.safetensors`, as PEFT lays them out.
+
+The safetensors file holds only what training changed: adapter matrices, the head (if trained) and, in
+SSMLoRA's ``carry`` mode, the carried states. The JSON holds the `AdapterConfig` and a fingerprint of the
+model it was trained on, so loading into another model fails with a message instead of a shape error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from ssmlora.config import AdapterConfig
+from ssmlora.inject import BUS_NAME, inject_adapters, model_fingerprint
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+FORMAT_VERSION = 1
+_STATE_PREFIX = "ssm_state::"
+
+
+def save_adapters(model: nn.Module, directory: str | Path) -> Path:
+    """Write the trained adapter (and head) weights of `model` to `directory`."""
+    config: AdapterConfig | None = getattr(model, "adapter_config", None)
+    if config is None:
+        raise ValueError("this model has no adapters: call inject_adapters(model, config) first")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    bus = getattr(model, BUS_NAME, None)
+    if bus is not None and config.ssm_mode == "carry":
+        for key, state in bus.states().items():
+            if state.numel():
+                tensors[_STATE_PREFIX + key] = state.detach().contiguous()
+    save_file(tensors, directory / WEIGHTS_NAME, metadata={"format": "pt", "ssmlora_format": str(FORMAT_VERSION)})
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "adapter": config.to_dict(),
+        "model": model_fingerprint(model),
+        "adapted_modules": [site.name for site in model.adapter_sites],
+    }
+    (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def load_adapters(model: nn.Module, directory: str | Path) -> nn.Module:
+    """Load a `save_adapters` checkpoint into `model` (injecting its adapters first if it has none)."""
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    if not config_path.exists() or not weights_path.exists():
+        raise FileNotFoundError(f"{directory} is not an adapter checkpoint: it needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+    meta = json.loads(config_path.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{config_path} has format_version {meta.get('format_version')!r}; this ssmlora reads {FORMAT_VERSION}"
+        )
+    saved = AdapterConfig.from_dict(meta["adapter"])
+    fingerprint = model_fingerprint(model)
+    diff = {k: (v, fingerprint.get(k)) for k, v in meta["model"].items() if fingerprint.get(k) != v}
+    if diff:
+        detail = ", ".join(f"{k}: saved {a!r} vs model {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"adapter checkpoint {directory} was trained on another model ({detail})")
+
+    current: AdapterConfig | None = getattr(model, "adapter_config", None)
+    if current is None:
+        inject_adapters(model, saved)
+    elif current != saved:
+        changed = {k: (v, getattr(current, k)) for k, v in saved.to_dict().items() if getattr(current, k) != v}
+        detail = ", ".join(f"{k}: saved {a!r} vs model {b!r}" for k, (a, b) in changed.items())
+        raise ValueError(f"adapter checkpoint {directory} does not match this model's adapters ({detail})")
+
+    tensors = load_file(weights_path)
+    states = {k[len(_STATE_PREFIX):]: v for k, v in tensors.items() if k.startswith(_STATE_PREFIX)}
+    weights = {k: v for k, v in tensors.items() if not k.startswith(_STATE_PREFIX)}
+    params = dict(model.named_parameters())
+    expected = {name for name, p in params.items() if p.requires_grad}
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"adapter checkpoint {directory} does not fit this model: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]} (saved from another insertion scheme or architecture?)"
+        )
+    for name, value in weights.items():
+        if params[name].shape != value.shape:
+            raise ValueError(
+                f"adapter checkpoint {directory}: {name} has shape {tuple(value.shape)} but the model expects "
+                f"{tuple(params[name].shape)} (another rank or model size?)"
+            )
+        params[name].data.copy_(value)
+    if states:
+        getattr(model, BUS_NAME).load_states({k: v.to(next(model.parameters()).device) for k, v in states.items()})
+    return model

@@ -1,0 +1,92 @@
+"""LoRA against PEFT's LoRA: same weights in, same outputs and gradients out; merging."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from ssmlora import AdapterConfig, LoRALinear, inject_adapters, merge_adapters
+from tiny_models import tiny_batch, tiny_model
+
+# PEFT target patterns covering exactly the `lora` scheme (q, k, v, o and every FFN matrix, every layer)
+PEFT_TARGETS = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "bert": r".*layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)",
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+}
+HEAD = {"llama": "score", "bert": "classifier", "gpt2": "score"}
+
+
+def _pair(family: str, r: int = 4, alpha: float = 8.0):
+    ours = inject_adapters(tiny_model(family), AdapterConfig(method="lora", r=r, alpha=alpha, dropout=0.0))
+    peft_cfg = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=PEFT_TARGETS[family],
+        modules_to_save=[HEAD[family]], fan_in_fan_out=family == "gpt2",
+    )
+    theirs = get_peft_model(tiny_model(family), peft_cfg)
+    # Non-zero B everywhere, copied into both, so the comparison exercises the update, not just W0.
+    torch.manual_seed(7)
+    adapters = {n: m for n, m in ours.named_modules() if isinstance(m, LoRALinear)}
+    for name, module in adapters.items():
+        module.lora_B.data.normal_(0, 0.1)
+        peft_layer = theirs.base_model.model.get_submodule(name)
+        peft_layer.lora_A["default"].weight.data.copy_(module.lora_A.data)
+        peft_layer.lora_B["default"].weight.data.copy_(module.lora_B.data)
+    head_src = ours.get_submodule(HEAD[family])
+    theirs.base_model.model.get_submodule(HEAD[family]).modules_to_save["default"].load_state_dict(head_src.state_dict())
+    return ours, theirs, adapters
+
+
+@pytest.mark.parametrize("family", ["llama", "bert", "gpt2"])
+def test_lora_matches_peft_outputs_and_gradients(family):
+    ours, theirs, adapters = _pair(family)
+    assert len(adapters) == 4 * (7 if family == "llama" else 6 if family == "bert" else 4)
+    ids = tiny_batch()
+    labels = torch.tensor([0, 2])
+    out_ours = ours(input_ids=ids, labels=labels)
+    out_theirs = theirs(input_ids=ids, labels=labels)
+    torch.testing.assert_close(out_ours.logits, out_theirs.logits, atol=1e-5, rtol=1e-5)
+    out_ours.loss.backward()
+    out_theirs.loss.backward()
+    for name, module in adapters.items():
+        peft_layer = theirs.base_model.model.get_submodule(name)
+        torch.testing.assert_close(module.lora_A.grad, peft_layer.lora_A["default"].weight.grad, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(module.lora_B.grad, peft_layer.lora_B["default"].weight.grad, atol=1e-5, rtol=1e-4)
+    assert sum(p.numel() for p in ours.parameters() if p.requires_grad) == sum(
+        p.numel() for p in theirs.parameters() if p.requires_grad
+    )
+
+
+@pytest.mark.parametrize("family", ["llama", "bert", "gpt2"])
+def test_merge_gives_same_outputs_without_wrappers(family):
+    ours, _, adapters = _pair(family)
+    ids = tiny_batch()
+    before = ours(input_ids=ids).logits
+    merge_adapters(ours)
+    assert not any(isinstance(m, LoRALinear) for m in ours.modules())
+    torch.testing.assert_close(ours(input_ids=ids).logits, before, atol=1e-5, rtol=1e-5)
+
+
+def test_merge_refuses_ssmlora():
+    model = inject_adapters(tiny_model("llama"), AdapterConfig(method="ssmlora"))
+    with pytest.raises(ValueError, match="cannot be merged"):
+        merge_adapters(model)
+
+
+def test_lora_dropout_only_touches_the_adapter_path():
+    model = inject_adapters(tiny_model("bert"), AdapterConfig(method="lora", dropout=0.5))
+    model.train()
+    ids = tiny_batch()
+    # B = 0 at init: dropout on the adapter input cannot change the output
+    reference = tiny_model("bert").train()
+    torch.manual_seed(0)
+    a = model(input_ids=ids).logits
+    torch.manual_seed(0)
+    b = reference(input_ids=ids).logits
+    torch.testing.assert_close(a, b)
+
+
+def test_alpha_scale_matches_released_code():
+    lora = inject_adapters(tiny_model("llama"), AdapterConfig(method="lora", r=4, alpha=16, scale="alpha"))
+    assert all(m.scaling == 16 for m in lora.modules() if isinstance(m, LoRALinear))
+    lora = inject_adapters(tiny_model("llama"), AdapterConfig(method="lora", r=4, alpha=16))
+    assert all(m.scaling == 4 for m in lora.modules() if isinstance(m, LoRALinear))

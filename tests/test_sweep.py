@@ -1,0 +1,162 @@
+"""The sweep end to end on a tiny backbone and tiny topic-mix: rows, resume, kill, failures, bad input, memory."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ssmlora.backbone import save_tiny_backbone
+from ssmlora.results import COLUMN_NAMES
+from ssmlora.sweep import Cell, SweepConfig, run_cell_in_process
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = [sys.executable, str(ROOT / "experiments" / "run.py")]
+SIZES = {"n_train": 16, "n_validation": 4, "n_test": 8}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A tiny BERT (64 native positions), a tiny Llama, and topic-mix pre-built at the test lengths."""
+    from data_prep import build_task
+
+    base = tmp_path_factory.mktemp("sweep")
+    bert = save_tiny_backbone(base / "bert", "bert", max_positions=64)
+    cache = base / "data"
+    for length in (64, 128, 256):  # built once here, so every cell process only loads it
+        build_task("topic-mix", max_len=length, tokenizer=str(bert), cache_dir=str(cache), seed=0, **SIZES)
+    return {"base": base, "bert": bert, "cache": cache}
+
+
+def tiny_args(env, out, *extra) -> list[str]:
+    return ["--model", str(env["bert"]), "--task", "topic-mix", "--cache-dir", str(env["cache"]),
+            "--n-train", "16", "--n-validation", "4", "--n-test", "8", "--max-steps", "2",
+            "--tokens-per-step", "256", "--lr", "5e-3", "--out", str(out), "--name", "s", *extra]
+
+
+def rows_of(path: Path) -> list[dict]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_sweep_survives_sigkill_and_resumes(env):
+    out = env["base"] / "kill"
+    cmd = RUN + tiny_args(env, out, "--lengths", "64,128", "--methods", "lora,ssmlora")
+    results = out / "s" / "results.csv"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (results.exists() and rows_of(results)):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its cell process, mid-sweep
+    proc.wait()
+    kept = rows_of(results)
+    assert 1 <= len(kept) < 4 and all(r["status"] == "ok" for r in kept)
+
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("skipped") == len(kept)
+    assert "cell 4/4: ssmlora L=128 seed 0" in done.stdout
+    rows = rows_of(results)
+    assert list(rows[0]) == COLUMN_NAMES and len(rows) == 4
+    assert {(r["method"], r["max_len"]) for r in rows} == {(m, L) for m in ("lora", "ssmlora") for L in ("64", "128")}
+    for r in rows:
+        assert 0 <= float(r["accuracy"]) <= 1 and 0 < float(r["majority_rate"]) <= 1
+        assert float(r["padded_tokens_per_s"]) >= float(r["real_tokens_per_s"]) > 0
+        assert r["attn_impl"] == "sdpa" and int(r["n_test"]) == 8 and float(r["peak_mem_mb"]) > 0
+    config = json.loads((out / "s" / "config.json").read_text())
+    for key in ("schema_version", "name", "task", "model", "methods", "ssm_mode", "lengths", "seeds", "precision",
+                "accelerator", "devices", "num_nodes", "strategy", "max_steps", "effective_batch", "lr", "adapter",
+                "environment"):
+        assert key in config
+    assert config["lengths"] == [64, 128] and set(config["adapter"]) >= {"r", "alpha", "dropout", "targets", "scale"}
+    assert {"python", "torch", "transformers", "lightning", "platform", "device_name", "cpu_count"} <= set(
+        config["environment"])
+
+
+def test_failed_cells_are_recorded_and_exit_nonzero(env, tmp_path, capsys):
+    from experiments_run import main
+
+    broken = save_tiny_backbone(tmp_path / "broken", "bert", max_positions=64)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    code = main(tiny_args({**env, "bert": broken}, tmp_path, "--lengths", "64", "--methods", "lora,frozen",
+                          "--in-process"))
+    rows = rows_of(tmp_path / "s" / "results.csv")
+    assert code == 1 and len(rows) == 2  # the sweep went on after the first failure
+    assert all(r["status"].startswith("failed: ") for r in rows)
+    assert (tmp_path / "s" / "cells" / "lora-L64-s0" / "error.txt").exists()
+
+
+def _bad(env, tmp_path, case) -> list[str]:
+    if case == "task":
+        return tiny_args(env, tmp_path, "--task", "no-such-task")
+    if case == "model":
+        return tiny_args({**env, "bert": tmp_path / "no-such-model"}, tmp_path)
+    if case == "length":
+        llama = save_tiny_backbone(tmp_path / "llama", "llama", max_positions=64)
+        return tiny_args({**env, "bert": llama}, tmp_path, "--lengths", "64,128")
+    if case == "out":
+        (tmp_path / "file").write_text("x")
+        return tiny_args(env, tmp_path / "file" / "sub")
+    if case == "config":
+        (tmp_path / "s").mkdir()
+        other = SweepConfig(model=str(env["bert"]), lr=0.5)
+        (tmp_path / "s" / "config.json").write_text(json.dumps({"identity": other.identity()}))
+        return tiny_args(env, tmp_path)
+    if case == "results":
+        (tmp_path / "s").mkdir()
+        (tmp_path / "s" / "results.csv").write_text("task,acc\nx,1\n")
+        return tiny_args(env, tmp_path)
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("task", "unknown task 'no-such-task'"),
+    ("model", "unknown model"),
+    ("length", "beyond what"),
+    ("out", "cannot write to the output folder"),
+    ("config", "different configuration (differs in: lr)"),
+    ("results", "lacks columns"),
+])
+def test_bad_input_is_one_clear_line_before_training(env, tmp_path, capsys, case, message):
+    from experiments_run import main
+
+    argv = _bad(env, tmp_path, case)
+    before = (tmp_path / "s" / "results.csv").read_text() if case == "results" else None
+    capsys.readouterr()  # drop the fixtures' own output
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "s" / "cells").exists()  # nothing was trained
+    if before is not None:
+        assert (tmp_path / "s" / "results.csv").read_text() == before  # never overwritten
+
+
+def test_cell_peak_memory_does_not_depend_on_earlier_cells(env, tmp_path):
+    cfg = SweepConfig(model=str(env["bert"]), task="topic-mix", cache_dir=str(env["cache"]), max_steps=2,
+                      tokens_per_step=4096, micro_tokens=4096, lr=5e-3, **SIZES)
+    small, large = Cell("lora", 64, 0), Cell("lora", 256, 0)
+    alone = run_cell_in_process(cfg, small, tmp_path / "alone")
+    big = run_cell_in_process(cfg, large, tmp_path / "big")
+    after = run_cell_in_process(cfg, small, tmp_path / "after")
+    assert alone["status"] == big["status"] == after["status"] == "ok"
+    assert big["peak_mem_mb"] > alone["peak_mem_mb"]
+    assert abs(after["peak_mem_mb"] - alone["peak_mem_mb"]) < 0.05 * alone["peak_mem_mb"]
+
+
+@pytest.fixture(autouse=True)
+def _experiments_on_path(monkeypatch):
+    """`experiments/run.py` is a script, not a package: import it as `experiments_run` for in-process calls."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("experiments_run", ROOT / "experiments" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "experiments_run", module)

@@ -1,0 +1,48 @@
+"""Tiny randomly initialised backbones for tests (built from configs: nothing is downloaded)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    GPT2Config,
+    LlamaConfig,
+    RobertaConfig,
+)
+
+HIDDEN, LAYERS, FFN, LABELS = 32, 4, 64, 3
+
+
+def tiny_config(family: str, **overrides):
+    common = dict(num_labels=LABELS, pad_token_id=0)
+    if family == "llama":
+        cfg = LlamaConfig(vocab_size=128, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
+                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, **common)
+    elif family == "bert":
+        cfg = BertConfig(vocab_size=128, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
+                         num_attention_heads=4, max_position_embeddings=256, hidden_dropout_prob=0.0,
+                         attention_probs_dropout_prob=0.0, **common)
+    elif family == "roberta":
+        cfg = RobertaConfig(vocab_size=128, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
+                            num_attention_heads=4, max_position_embeddings=258, hidden_dropout_prob=0.0,
+                            attention_probs_dropout_prob=0.0, num_labels=LABELS, pad_token_id=1)
+    elif family == "gpt2":
+        cfg = GPT2Config(vocab_size=128, n_embd=HIDDEN, n_inner=FFN, n_layer=LAYERS, n_head=4, n_positions=256, bos_token_id=1, eos_token_id=2,
+                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+    else:
+        raise KeyError(family)
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def tiny_model(family: str, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(tiny_config(family, **overrides), attn_implementation="eager")
+    return model.eval()
+
+
+def tiny_batch(batch: int = 2, seq: int = 10, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 128, (batch, seq), generator=g)
