@@ -57,6 +57,7 @@ class BackboneInfo:
     native_max_len: int  # longest input the pretrained position table covers
     max_len: int  # longest input this model instance takes
     attn_impl: str = ""  # the kernel that runs: flash_attention_2 | sdpa | eager
+    pooling: str = "model"  # "mean" (masked mean of token states, as the checkpoint was trained) | "model"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -163,6 +164,57 @@ def extend_positions(model: nn.Module, max_len: int) -> int:
     return offset + max_len
 
 
+class MaskedMeanPooler(nn.Module):
+    """Stands in for BERT's CLS pooler: the mean of the token states under the attention mask.
+
+    BERT's pooler only sees the hidden states, so the mask is handed over by a forward pre-hook on the
+    whole model (`use_mean_pooling`) and dropped again after the forward; without a mask every position counts.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mask: torch.Tensor | None = None
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        mask = self.mask
+        if mask is None or mask.shape != hidden.shape[:2]:
+            return hidden.mean(1)
+        weights = mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1)
+
+
+def sentence_transformers_pooling(path: str) -> str | None:
+    """The pooling a sentence-transformers checkpoint was trained with ('mean', 'cls', ...), if it says."""
+    import json
+
+    cfg = Path(path) / "1_Pooling" / "config.json"
+    if not cfg.is_file():
+        return None
+    modes = json.loads(cfg.read_text())
+    if modes.get("pooling_mode_mean_tokens"):
+        return "mean"
+    return "cls" if modes.get("pooling_mode_cls_token") else "other"
+
+
+def use_mean_pooling(model: nn.Module) -> bool:
+    """Swap a BERT-style CLS pooler for `MaskedMeanPooler`; False if the model has no such pooler."""
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if base is None or getattr(base, "pooler", None) is None:
+        return False
+    pooler = MaskedMeanPooler()
+    base.pooler = pooler
+
+    def hand_over_mask(module, args, kwargs):
+        pooler.mask = kwargs.get("attention_mask")
+
+    def drop_mask(module, args, kwargs, output):
+        pooler.mask = None
+
+    model.register_forward_pre_hook(hand_over_mask, with_kwargs=True)
+    model.register_forward_hook(drop_mask, with_kwargs=True)
+    return True
+
+
 def load_backbone(
     name_or_path: str,
     num_labels: int,
@@ -171,8 +223,13 @@ def load_backbone(
     gradient_checkpointing: bool = False,
     id2label: dict[int, str] | None = None,
     pad_token_id: int | None = None,
+    pooling: str = "auto",
 ) -> tuple[nn.Module, BackboneInfo]:
     """A `*ForSequenceClassification` model that takes `max_len` tokens, with attention dropout 0.
+
+    `pooling`: "auto" follows a sentence-transformers checkpoint's own pooling config (the default MiniLM was
+    trained to be read out by a mean over tokens, not by its CLS token; with CLS the head stayed at chance
+    in a 30-step budget); "mean" forces it; "model" keeps the architecture's own head input.
 
     Attention dropout is forced to 0 because on the CPU dropout > 0 sends SDPA to its quadratic-memory math
     path (SPEC.md §2); hidden dropout stays as pretrained.
@@ -204,6 +261,8 @@ def load_backbone(
         model = AutoModelForSequenceClassification.from_pretrained(info.path, attn_implementation=attn, **overrides)
     if info.positions == "absolute":
         extend_positions(model, max_len)
+    if pooling == "mean" or (pooling == "auto" and sentence_transformers_pooling(info.path) == "mean"):
+        info.pooling = "mean" if use_mean_pooling(model) else "model"
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     info.attn_impl = getattr(model.config, "_attn_implementation", None) or attn

@@ -150,7 +150,7 @@ def run_cell(cfg, cell, cell_dir) -> dict:
     labels = list(data["train"].features["label"].names)
     pad_id = _pad_token_id(dcfg.tokenizer)
     model, info = load_backbone(cfg.model, num_labels=len(labels), max_len=cell.max_len, attn_implementation=cfg.attn,
-                                id2label=dict(enumerate(labels)), pad_token_id=pad_id)
+                                id2label=dict(enumerate(labels)), pad_token_id=pad_id, pooling=cfg.pooling)
     inject_adapters(model, AdapterConfig(method=cell.method, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout,
                                          targets=cfg.targets, ssm_mode=cfg.ssm_mode, scale=cfg.scale))
     if cfg.gradient_checkpointing:
@@ -181,7 +181,9 @@ def run_cell(cfg, cell, cell_dir) -> dict:
     module.train()  # from_pretrained returns eval mode; adapter and hidden dropout must be live in training
     trainer.fit(module, datamodule=dm)
     best = trainer.checkpoint_callback.best_model_path if validate and trainer.checkpoint_callback else ""
+    test_start = time.perf_counter()
     scores = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)[0]
+    test_s = time.perf_counter() - test_start
     mem = peak.snapshot()
     flops_dtype = torch.float32 if cfg.precision == "32" else torch.bfloat16
     return {
@@ -196,6 +198,8 @@ def run_cell(cfg, cell, cell_dir) -> dict:
         "train_steps": trainer.global_step,
         "wall_s": time.perf_counter() - start,
         "attn_impl": info.attn_impl,
+        "test_s": test_s,
+        "fit_s": test_start - start,
         "micro_batch": micro,
         "accumulate": accumulate,
     }

@@ -22,7 +22,22 @@ from pathlib import Path
 import lightning as L
 import psutil
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+# torch's counter knows the CUDA SDPA kernels but not the CPU flash kernel, which dominates at long lengths.
+# FlopCounterMode hands these the argument shapes: (q, k, v, ...) forward, (grad_out, q, k, v, ...) backward.
+_CPU_SDPA_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+        lambda q, k, v, *_, out_shape=None, **__: sdpa_flop_count(q, k, v),
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda g, q, k, v, *_, out_shape=None, **__: sdpa_backward_flop_count(g, q, k, v),
+}
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FLOP counter, taught the CPU attention kernels."""
+    return FlopCounterMode(display=False, custom_mapping=_CPU_SDPA_FLOPS)
+
 
 # Dense bf16 peak per GPU for MFU where Lightning's table lacks the device (FLOP/s).
 _EXTRA_PEAK_FLOPS = {"h200": 989e12, "h100": 989e12, "a100": 312e12}
@@ -146,13 +161,11 @@ class ThroughputCallback(L.Callback):
         for k, v in zip(("real", "padded", "samples"), (real, padded, samples)):
             self._pending[k] += v
         if self.count_flops and self.flops_per_micro_batch is None and trainer.global_step < self.warmup_steps:
-            self._flop_mode = FlopCounterMode(display=False)
+            self._flop_mode = flop_counter()
             self._flop_mode.__enter__()
 
-    def on_before_zero_grad(self, trainer, pl_module, optimizer) -> None:
-        self._close_flop_counter()
-
     def on_after_backward(self, trainer, pl_module) -> None:
+        # Not on_before_zero_grad: Lightning zeroes grads between forward and backward inside its closure.
         self._close_flop_counter()
 
     def _close_flop_counter(self) -> None:

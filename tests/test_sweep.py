@@ -107,7 +107,7 @@ def _bad(env, tmp_path, case) -> list[str]:
         return tiny_args(env, tmp_path / "file" / "sub")
     if case == "config":
         (tmp_path / "s").mkdir()
-        other = SweepConfig(model=str(env["bert"]), lr=0.5)
+        other = SweepConfig(model=str(env["bert"]), max_steps=2, tokens_per_step=256, lr=0.5, **SIZES)
         (tmp_path / "s" / "config.json").write_text(json.dumps({"identity": other.identity()}))
         return tiny_args(env, tmp_path)
     if case == "results":
