@@ -3,6 +3,10 @@
 Trains every method at every length (powers of two from --min-len up to --max-len), one process per cell,
 and writes <out>/<name>/{config.json,results.csv,cells/}. Rerunning the same command resumes: finished
 cells are skipped. Exit code 0 when every cell is ok, 1 when any cell failed, 2 on bad input.
+
+Several devices (docs/multigpu.md): `--devices N --strategy ddp [--num-nodes M] [--accelerator cpu|gpu]`
+makes every cell N rank processes per node, spawned by the sweep; or start the ranks with
+`torchrun --nproc-per-node N experiments/run.py --in-process ...` (or `srun ... --in-process`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import sys
 import typing
 from dataclasses import fields
 
-from ssmlora.sweep import SweepConfig, SweepError, any_failed, results_table, run_sweep
+from ssmlora.sweep import SweepConfig, SweepError, any_failed, is_rank_zero, results_table, run_sweep
 
 # Flags computed from others, or spelled differently from their field.
 _DERIVED = {"lengths"}
@@ -75,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished cells are in results.csv; rerun the same command to resume", file=sys.stderr)
         return 130
+    if not is_rank_zero():  # torchrun / srun: the other ranks trained and scored; rank 0 reports
+        return 1 if any_failed(rows) else 0
     print(results_table(rows))
     print(f"results: {folder / 'results.csv'}")
     try:

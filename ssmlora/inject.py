@@ -76,22 +76,29 @@ def adapter_modules(model: nn.Module) -> dict[str, AdapterLinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, AdapterLinear)}
 
 
-def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Adapter, head, trainable and total parameter counts (SPEC.md §1: the head is reported separately)."""
+def trainable_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """Trainable (name, parameter) pairs split into "adapter", "head" and "other" (e.g. a trainable pooler)."""
     head_path = getattr(model, "adapter_head_path", None)
     if head_path is None:
         head_path, _ = find_head(model, family_of(model))
-    counts = dict(adapter_params=0, head_params=0, trainable_params=0, total_params=0)
+    groups: dict[str, list] = {"adapter": [], "head": [], "other": []}
     for name, param in model.named_parameters():
-        counts["total_params"] += param.numel()
-        if not param.requires_grad:
-            continue
-        counts["trainable_params"] += param.numel()
-        if _is_adapter_param(name):
-            counts["adapter_params"] += param.numel()
-        elif name.startswith(head_path + "."):
-            counts["head_params"] += param.numel()
-    return counts
+        if param.requires_grad:
+            kind = "adapter" if _is_adapter_param(name) else "head" if name.startswith(head_path + ".") else "other"
+            groups[kind].append((name, param))
+    return groups
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Adapter, head, trainable and total parameter counts (SPEC.md §1: the head is reported separately)."""
+    groups = trainable_groups(model)
+    size = lambda kind: sum(p.numel() for _, p in groups[kind])  # noqa: E731
+    return dict(
+        adapter_params=size("adapter"),
+        head_params=size("head"),
+        trainable_params=size("adapter") + size("head") + size("other"),
+        total_params=sum(p.numel() for p in model.parameters()),
+    )
 
 
 def merge_adapters(model: nn.Module) -> nn.Module:

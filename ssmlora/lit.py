@@ -17,7 +17,10 @@ SCHEDULES = ("cosine", "linear", "constant")
 class OptimConfig:
     """Optimizer and schedule of one cell."""
 
-    lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate (1e-3 beat 5e-4 for LoRA at 512)"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate of the adapter matrices"})
+    head_lr: float | None = field(
+        default=None, metadata={"help": "peak learning rate of the new classifier head (None: same as lr)"}
+    )
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     warmup_frac: float = field(default=0.1, metadata={"help": "share of optimizer steps of linear warm-up"})
     schedule: str = field(default="linear", metadata={"help": "decay after warm-up: " + " | ".join(SCHEDULES)})
@@ -99,8 +102,15 @@ class AdapterClassifier(L.LightningModule):
         self._log_scores("test")
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        from ssmlora.inject import trainable_groups
+
+        groups = trainable_groups(self.model)
+        head_lr = self.optim.lr if self.optim.head_lr is None else self.optim.head_lr
+        param_groups = [
+            {"params": [p for _, p in groups["adapter"] + groups["other"]], "lr": self.optim.lr},
+            {"params": [p for _, p in groups["head"]], "lr": head_lr},
+        ]
+        opt = torch.optim.AdamW([g for g in param_groups if g["params"]], weight_decay=self.optim.weight_decay)
         total = max(1, self.optim.max_steps)
         warmup = int(self.optim.warmup_frac * total)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_decay(s, warmup, total, self.optim.schedule))
@@ -159,7 +169,8 @@ def run_cell(cfg, cell, cell_dir) -> dict:
     steps = cfg.max_steps
     if cfg.epochs > 0:  # the schedule needs the step count up front
         steps = cfg.epochs * max(1, len(data["train"]) // cfg.effective_batch(cell.max_len))
-    module = AdapterClassifier(model, len(labels), OptimConfig(lr=cfg.lr, weight_decay=0.01,
+    lr = cfg.ssmlora_lr if cell.method == "ssmlora" else cfg.lr
+    module = AdapterClassifier(model, len(labels), OptimConfig(lr=lr, head_lr=cfg.head_lr, weight_decay=0.01,
                                                                warmup_frac=cfg.warmup_frac, schedule=cfg.schedule,
                                                                max_steps=steps))
     peak, speed = PeakMemoryCallback(), ThroughputCallback(warmup_steps=1 if steps > 2 else 0)
@@ -169,7 +180,7 @@ def run_cell(cfg, cell, cell_dir) -> dict:
         callbacks.append(ModelCheckpoint(dirpath=str(cell_dir / "checkpoints"), monitor="val_acc", mode="max",
                                          save_top_k=1, save_weights_only=True))
     trainer = L.Trainer(
-        accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy,
+        accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=make_strategy(cfg),
         precision=cfg.precision, max_steps=steps, max_epochs=-1, accumulate_grad_batches=accumulate,
         gradient_clip_val=1.0, logger=CSVLogger(str(cell_dir), name="", version=""), callbacks=callbacks,
         enable_checkpointing=validate, limit_val_batches=1.0 if validate else 0,
@@ -184,8 +195,12 @@ def run_cell(cfg, cell, cell_dir) -> dict:
     test_start = time.perf_counter()
     scores = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)[0]
     test_s = time.perf_counter() - test_start
-    mem = peak.snapshot()
     flops_dtype = torch.float32 if cfg.precision == "32" else torch.bfloat16
+    mem, rates, ranks = reduce_cell_figures(trainer, model, peak, speed, flops_dtype)
+    if trainer.is_global_zero:
+        from ssmlora import save_adapters
+
+        save_adapters(model, cell_dir / "adapter")  # the tested weights: identical on every rank
     return {
         "status": "ok",
         "accuracy": scores.get("test_acc"),
@@ -194,7 +209,7 @@ def run_cell(cfg, cell, cell_dir) -> dict:
         "majority_rate": majority_rate(data["test"]),
         **{k: counts[k] for k in ("adapter_params", "head_params", "trainable_params")},
         **mem,
-        **{k: v for k, v in speed.summary(flops_dtype).items() if k != "timed_steps"},
+        **{k: v for k, v in rates.items() if k != "timed_steps"},
         "train_steps": trainer.global_step,
         "wall_s": time.perf_counter() - start,
         "attn_impl": info.attn_impl,
@@ -202,7 +217,106 @@ def run_cell(cfg, cell, cell_dir) -> dict:
         "fit_s": test_start - start,
         "micro_batch": micro,
         "accumulate": accumulate,
+        "world_size": trainer.world_size,
+        "strategy": type(trainer.strategy).__name__,
+        "ranks": ranks,  # per rank: peak memory, tokens/s, adapter hash (result.json only, not results.csv)
     }
+
+
+def make_strategy(cfg):
+    """Lightning strategy of a cell: "auto" for one process, else DDP / FSDP set up for adapters.
+
+    DDP: `broadcast_buffers=False`, because SSMLoRA's `carry` state lives in (non-persistent) buffers of
+    `model.ssm_state` and is per rank: each rank carries the state of the batches it saw, and broadcasting
+    rank 0's buffers at every forward would overwrite it (and fail on shape when batches differ).
+    FSDP: `use_orig_params=True`, so frozen base weights and trainable adapter matrices can share a flat
+    parameter; adapters are plain nn.Modules holding the base nn.Linear, so FSDP wraps them like any layer.
+    Under torchrun (TORCHELASTIC_RUN_ID, also set by the sweep's own launcher) the cluster environment is
+    given explicitly, so an enclosing SLURM allocation is not mistaken for the launcher.
+    """
+    from ssmlora.sweep import distributed_strategy
+
+    name = distributed_strategy(cfg)
+    if name is None:
+        return cfg.strategy
+    kwargs = {}
+    import os
+
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        from lightning.fabric.plugins.environments import TorchElasticEnvironment
+
+        kwargs["cluster_environment"] = TorchElasticEnvironment()
+    if name == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(broadcast_buffers=False, **kwargs)
+    if name == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return FSDPStrategy(use_orig_params=True, **kwargs)
+    return name
+
+
+def adapter_digest(model: torch.nn.Module) -> str:
+    """sha256 over the names and bytes of every trainable tensor (adapters + head): equal iff identical."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def reduce_cell_figures(trainer, model, peak, speed, flops_dtype) -> tuple[dict, dict, list[dict]]:
+    """Peak memory = max over ranks; rates = global sum of the per-rank rates; plus the per-rank figures."""
+    mem = peak.snapshot()
+    local = {"rank": trainer.global_rank, "peak_mem_mb": mem["peak_mem_mb"],
+             "peak_reserved_mb": mem.get("peak_reserved_mb"), **speed.local_figures(),
+             "adapter_sha256": adapter_digest(model)}
+    ranks = [local]
+    if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        ranks = [None] * trainer.world_size
+        torch.distributed.all_gather_object(ranks, local)
+    mem = {**mem, "peak_mem_mb": max(r["peak_mem_mb"] for r in ranks)}
+    if mem.get("peak_reserved_mb") is not None:
+        mem["peak_reserved_mb"] = max(r["peak_reserved_mb"] or 0 for r in ranks)
+    if len(ranks) > 1:
+        mem["mem_includes"] = f"max over {len(ranks)} ranks of: {mem['mem_includes']}"
+    return mem, speed.summary(flops_dtype, ranks=ranks if len(ranks) > 1 else None), ranks
+
+
+def evaluate_adapters(cfg, cell, adapter_dir) -> dict:
+    """Score saved adapters (a cell's `adapter/` folder) on the cell's test split in this one process.
+
+    Builds the backbone and test subset exactly as `run_cell` does, so the accuracy equals the cell's own,
+    whatever the number of ranks that trained and scored it. Returns {"accuracy", "macro_f1", "n_test"}.
+    """
+    from ssmlora import AdapterConfig, inject_adapters, load_adapters
+    from ssmlora.backbone import load_backbone
+    from ssmlora.datamodule import DataConfig, TaskDataModule, build_splits
+
+    torch.set_num_threads(_threads(cfg))
+    micro = cfg.micro_batch(cell.max_len)
+    dcfg = DataConfig(task=cfg.task, max_len=cell.max_len, tokenizer=_tokenizer_path(cfg.model), seed=cell.seed,
+                      micro_batch=micro, n_train=cfg.n_train, n_validation=cfg.n_validation, n_test=cfg.n_test,
+                      test_limit=cfg.test_limit(cell.max_len), val_limit=cfg.test_limit(cell.max_len),
+                      cache_dir=cfg.cache_dir)
+    data = build_splits(dcfg)
+    labels = list(data["train"].features["label"].names)
+    pad_id = _pad_token_id(dcfg.tokenizer)
+    model, _ = load_backbone(cfg.model, num_labels=len(labels), max_len=cell.max_len, attn_implementation=cfg.attn,
+                             id2label=dict(enumerate(labels)), pad_token_id=pad_id, pooling=cfg.pooling)
+    inject_adapters(model, AdapterConfig(method=cell.method, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout,
+                                         targets=cfg.targets, ssm_mode=cfg.ssm_mode, scale=cfg.scale))
+    load_adapters(model, adapter_dir)
+    module = AdapterClassifier(model, len(labels))
+    trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, precision=cfg.precision, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        use_distributed_sampler=False)
+    scores = trainer.test(module, datamodule=TaskDataModule(dcfg, pad_token_id=pad_id, data=data), verbose=False)[0]
+    return {"accuracy": scores.get("test_acc"), "macro_f1": scores.get("test_f1"), "n_test": int(scores["test_n"])}
 
 
 def run_cell_safely(cfg, cell, cell_dir) -> dict:
@@ -222,7 +336,10 @@ def run_cell_safely(cfg, cell, cell_dir) -> dict:
     except Exception as err:  # noqa: BLE001 - any failure of one cell must not stop the sweep
         status = f"failed: {type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}"
         detail = traceback.format_exc()
-    (cell_dir / "error.txt").write_text(detail)
+    import os
+
+    rank = int(os.environ.get("RANK", "0") or 0)  # under DDP every rank that fails leaves its own report
+    (cell_dir / ("error.txt" if rank == 0 else f"error-rank{rank}.txt")).write_text(detail)
     return {"status": status, "wall_s": time.perf_counter() - start}
 
 

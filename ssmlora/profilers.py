@@ -185,18 +185,38 @@ class ThroughputCallback(L.Callback):
             for k in self.tokens:
                 self.tokens[k] += self._pending[k]
 
-    def summary(self, flops_dtype: torch.dtype = torch.bfloat16) -> dict:
-        """Figures over all devices; empty rates when every step was warm-up."""
+    def local_figures(self) -> dict:
+        """This rank's own counts and rates (what `summary(ranks=...)` combines over ranks)."""
+        total_time = sum(self.step_times)
+        return {"timed_s": total_time, "step_time_s": statistics.median(self.step_times) if self.step_times else None,
+                **{f"{k}_tokens" if k != "samples" else k: v for k, v in self.tokens.items()},
+                "real_tokens_per_s": self.tokens["real"] / total_time if total_time > 0 else None}
+
+    def summary(self, flops_dtype: torch.dtype = torch.bfloat16, ranks: list[dict] | None = None) -> dict:
+        """Figures over all devices; empty rates when every step was warm-up.
+
+        `ranks`: every rank's `local_figures()` (gathered under DDP): the rates are then the sum of the ranks'
+        own rates and the step time the slowest rank's median. Without it, this rank's rates times the world
+        size (every rank runs the same number of equal-token-budget steps).
+        """
         total_time = sum(self.step_times)
         rate = (lambda n: n * self._world / total_time) if total_time > 0 else (lambda n: None)
         step_time = statistics.median(self.step_times) if self.step_times else None
+        if ranks:
+            key = {"real": "real_tokens", "padded": "padded_tokens", "samples": "samples"}
+            ok = all(r["timed_s"] > 0 for r in ranks)
+            summed = {k: (sum(r[key[k]] / r["timed_s"] for r in ranks) if ok else None) for k in key}
+            step_time = max((r["step_time_s"] for r in ranks if r["step_time_s"]), default=None)
         flops = None if self.flops_per_micro_batch is None else self.flops_per_micro_batch * self._accumulate * self._world
         peak = peak_flops(self._device, flops_dtype)
         mfu = flops / step_time / (peak * self._world) if (flops and step_time and peak) else None
+        if ranks:
+            rates = {f"{k}_tokens_per_s" if k != "samples" else "samples_per_s": v for k, v in summed.items()}
+        else:
+            rates = {"real_tokens_per_s": rate(self.tokens["real"]), "padded_tokens_per_s": rate(self.tokens["padded"]),
+                     "samples_per_s": rate(self.tokens["samples"])}
         return {
-            "real_tokens_per_s": rate(self.tokens["real"]),
-            "padded_tokens_per_s": rate(self.tokens["padded"]),
-            "samples_per_s": rate(self.tokens["samples"]),
+            **rates,
             "step_time_s": step_time,
             "timed_steps": len(self.step_times),
             "flops_per_step": flops,

@@ -7,6 +7,12 @@ Layout of a sweep folder `<out>/<name>/`:
 
 Why one process per cell: on the CPU the only honest peak memory of a cell is the peak RSS of a process
 that ran nothing else (SPEC.md §2); it also returns every byte to the OS between cells and contains crashes.
+
+Several devices (docs/multigpu.md): with `--devices N` (x `--num-nodes M`) and strategy ddp/fsdp, a cell is
+N spawned rank processes per node instead of one, each given the torchrun environment (RANK, LOCAL_RANK,
+WORLD_SIZE, MASTER_ADDR/PORT, TORCHELASTIC_RUN_ID), so Lightning joins them without re-running `sys.argv`.
+Under an external launcher (`torchrun ... --in-process`, `srun ... --in-process`) every rank runs the whole
+sweep in process instead. Either way only global rank 0 writes config.json, results.csv and result.json.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from pathlib import Path
 from ssmlora.results import SCHEMA_VERSION, ResultsFormatError, cell_key, read_results, write_results
 
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+STRATEGIES = ("auto", "ddp", "fsdp")
+ACCELERATORS = ("cpu", "gpu", "auto")
 
 
 class SweepError(ValueError):
@@ -46,13 +54,24 @@ class SweepConfig:
     dropout: float = field(default=0.1, metadata={"help": "adapter dropout"})
     targets: str = field(default="all", metadata={"help": "insertion scheme: all | qv"})
     scale: str = field(default="alpha/r", metadata={"help": "adapter output scale: alpha/r | alpha"})
-    lr: float = field(default=2e-3, metadata={"help": "AdamW peak learning rate (5e-3 oscillated and collapsed at 1024)"})
+    lr: float = field(default=2e-3, metadata={"help": "peak learning rate of LoRA's matrices (5e-3 oscillated)"})
+    ssmlora_lr: float = field(
+        default=2e-4,
+        metadata={"help": "peak learning rate of SSMLoRA's matrices: its Wa ~ N(0, 1/r) makes u = x Wa about "
+                  "sqrt(3 in / r) ~ 12x larger than LoRA's A x, so the same Adam step moves its output ~12x more"},
+    )
+    head_lr: float = field(
+        default=3e-2,
+        metadata={"help": "peak learning rate of the new classifier head (its inputs are small, |x| ~ 1.3)"},
+    )
     schedule: str = field(default="linear", metadata={"help": "cosine | linear | constant after warm-up"})
     warmup_frac: float = field(default=0.1, metadata={"help": "share of steps of warm-up"})
     max_steps: int = field(default=30, metadata={"help": "optimizer steps per cell (ignored when epochs > 0)"})
     epochs: int = field(default=0, metadata={"help": "train this many epochs instead of max_steps (0: use steps)"})
     tokens_per_step: int = field(
-        default=4096, metadata={"help": "token budget per optimizer step: effective batch = tokens_per_step // L"}
+        default=8192,
+        metadata={"help": "token budget per optimizer step: effective batch = tokens_per_step // L (8192: 2 "
+                  "sequences at 4096; with 4096 a 4096 cell saw 30 sequences and stayed at chance)"},
     )
     batch_size: int = field(default=0, metadata={"help": "sequences per forward per device (0: micro_tokens // L)"})
     micro_tokens: int = field(default=4096, metadata={"help": "token cap of one forward when batch_size is 0"})
@@ -148,7 +167,7 @@ def config_json(cfg: SweepConfig, name: str) -> dict:
     }
 
 
-def validate(cfg: SweepConfig, out: Path, name: str | None) -> Path:
+def validate(cfg: SweepConfig, out: Path, name: str | None, in_process: bool = False, warn=None) -> Path:
     """Every check that needs no training; returns the sweep folder. Raises SweepError with one clear line."""
     from ssmlora.backbone import BackboneError, check_backbone
 
@@ -176,6 +195,7 @@ def validate(cfg: SweepConfig, out: Path, name: str | None) -> Path:
         raise SweepError(f"the task library data_prep cannot be imported: {err}") from None
     except ValueError as err:  # UnknownTaskError lists the known tasks
         raise SweepError(str(err)) from None
+    check_devices(cfg, in_process, warn)
     try:
         check_backbone(cfg.model, max(cfg.lengths))
     except BackboneError as err:
@@ -183,13 +203,79 @@ def validate(cfg: SweepConfig, out: Path, name: str | None) -> Path:
     folder = out / (name or cfg.slug())
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
+        probe = folder / f".write-test-{os.getpid()}"  # per process: torchrun's ranks probe at once
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
         raise SweepError(f"cannot write to the output folder {folder}: {err.strerror or err}") from None
     check_existing(cfg, folder)
     return folder
+
+
+def world_size(cfg: SweepConfig) -> int:
+    return cfg.devices * cfg.num_nodes
+
+
+def distributed_strategy(cfg: SweepConfig) -> str | None:
+    """"ddp" or "fsdp" when the cell runs on more than one process; None for one process."""
+    if world_size(cfg) <= 1:
+        return None
+    return "ddp" if cfg.strategy == "auto" else cfg.strategy
+
+
+def external_launcher() -> str | None:
+    """Which launcher started this process as one rank of many: "torchrun", "slurm" or None."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return "torchrun"
+    if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and os.environ.get("SLURM_JOB_NAME") not in (
+            "bash", "interactive"):
+        return "slurm"
+    return None
+
+
+def check_devices(cfg: SweepConfig, in_process: bool = False, warn=None) -> None:
+    """Devices, nodes, strategy and accelerator against this machine: one clear SweepError, before training."""
+    import torch
+
+    if cfg.strategy not in STRATEGIES:
+        raise SweepError(f"unknown strategy {cfg.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    if cfg.accelerator not in ACCELERATORS:
+        raise SweepError(f"unknown accelerator {cfg.accelerator!r}: choose one of {', '.join(ACCELERATORS)}")
+    if cfg.devices < 1 or cfg.num_nodes < 1:
+        raise SweepError(f"--devices ({cfg.devices}) and --num-nodes ({cfg.num_nodes}) must be at least 1")
+    world = world_size(cfg)
+    if cfg.strategy in ("ddp", "fsdp") and world == 1:
+        raise SweepError(f"--strategy {cfg.strategy} needs more than one device in total (--devices 1 x "
+                         f"--num-nodes 1 = 1); use --strategy auto for one device")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if cfg.accelerator == "gpu" and gpus == 0:
+        raise SweepError("--accelerator gpu, but this machine has no CUDA GPU (torch.cuda.is_available() is "
+                         "False); use --accelerator cpu")
+    on_gpu = cfg.accelerator == "gpu" or (cfg.accelerator == "auto" and gpus > 0)
+    if cfg.strategy == "fsdp" and not on_gpu:
+        raise SweepError("--strategy fsdp runs on GPUs only (Lightning's FSDP needs CUDA): use --accelerator gpu, "
+                         "or --strategy ddp on the CPU")
+    if on_gpu and cfg.devices > gpus:
+        raise SweepError(f"--devices {cfg.devices}, but this machine has {gpus} GPU(s)")
+    cores = os.cpu_count() or 1
+    if not on_gpu and cfg.devices > cores and warn is not None:
+        warn(f"warning: --devices {cfg.devices} CPU processes on {cores} core(s): allowed (gloo), but slow")
+    launcher = external_launcher()
+    if launcher and world > 1:
+        ranks = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "0")) or 0)
+        if ranks != world:
+            raise SweepError(f"{launcher} started {ranks} process(es), but --devices {cfg.devices} x --num-nodes "
+                             f"{cfg.num_nodes} = {world}: make them agree")
+        if not in_process:
+            raise SweepError(f"under {launcher} every rank must run the sweep itself: add --in-process")
+    elif world > 1 and in_process:
+        raise SweepError("--in-process with more than one device needs an external launcher (torchrun or srun, "
+                         "see docs/multigpu.md); without --in-process the sweep launches the ranks itself")
+    if world > 1 and cfg.num_nodes > 1 and not launcher:
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK") if k not in os.environ]
+        if missing:
+            raise SweepError(f"--num-nodes {cfg.num_nodes} without torchrun/srun needs {', '.join(missing)} set on "
+                             f"every node (see docs/multigpu.md)")
 
 
 def check_existing(cfg: SweepConfig, folder: Path) -> None:
@@ -235,41 +321,114 @@ def row_key(cfg: SweepConfig, cell: Cell) -> tuple[str, ...]:
                      "max_len": cell.max_len, "seed": cell.seed})
 
 
-def _child(cfg_dict: dict, cell_dict: dict, cell_dir: str) -> None:
-    """Process entry of one cell: run it and leave result.json (the parent turns exceptions into rows)."""
+def _child(cfg_dict: dict, cell_dict: dict, cell_dir: str, env: dict | None = None) -> None:
+    """Process entry of one cell (or of one rank of it): run it and leave its result file.
+
+    One process: `result.json`. Rank r of several: `rank<r>.json` (rank 0's holds the cell's reduced
+    figures); a rank whose cell failed exits with code 1, so the parent stops the other ranks at once
+    instead of leaving them waiting in a collective.
+    """
+    if env:
+        os.environ.update(env)  # before Lightning reads them: this process is one torchrun-style rank
     from ssmlora.lit import run_cell_safely
 
     result = run_cell_safely(SweepConfig(**cfg_dict), Cell(**cell_dict), Path(cell_dir))
-    tmp = Path(cell_dir) / ".result.json.tmp"
+    name = f"rank{env['RANK']}.json" if env else "result.json"
+    tmp = Path(cell_dir) / f".{name}.tmp"
     tmp.write_text(json.dumps(result))
-    os.replace(tmp, Path(cell_dir) / "result.json")
+    os.replace(tmp, Path(cell_dir) / name)
+    if env:  # leave at once: exit-time teardown of a process group can wait forever on a departed peer
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0 if result.get("status") == "ok" else 1)
 
 
-def run_cell_in_process(cfg: SweepConfig, cell: Cell, cell_dir: Path) -> dict:
-    """Run one cell in a fresh spawned process; a crash or kill becomes a `failed`/`oom` row."""
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rank_environments(cfg: SweepConfig, port_offset: int = 0) -> list[dict]:
+    """The torchrun environment of each local rank of one cell on this node.
+
+    One node: a free port on 127.0.0.1 per cell. Several nodes: MASTER_ADDR, NODE_RANK and MASTER_PORT come
+    from the environment (the same on every node), the port shifted by the cell's index in the plan, so
+    every node of a cell meets on the same fresh port.
+    """
+    local, world = cfg.devices, world_size(cfg)
+    node = int(os.environ.get("NODE_RANK", "0")) if cfg.num_nodes > 1 else 0
+    addr = os.environ.get("MASTER_ADDR", "127.0.0.1") if cfg.num_nodes > 1 else "127.0.0.1"
+    port = int(os.environ["MASTER_PORT"]) + port_offset if cfg.num_nodes > 1 else _free_port()
+    run_id = f"ssmlora-{port}"
+    return [{"RANK": str(node * local + r), "LOCAL_RANK": str(r), "GROUP_RANK": str(node), "NODE_RANK": str(node),
+             "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(local), "MASTER_ADDR": addr, "MASTER_PORT": str(port),
+             "TORCHELASTIC_RUN_ID": run_id} for r in range(local)]
+
+
+def _stop(procs) -> None:
+    for p in procs:
+        if p.is_alive():
+            p.terminate()  # Lightning turns SIGTERM into a clean stop at the next step
+    deadline = time.time() + 30
+    for p in procs:
+        p.join(max(0.1, deadline - time.time()))
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+def run_cell_in_process(cfg: SweepConfig, cell: Cell, cell_dir: Path, port_offset: int = 0) -> dict:
+    """Run one cell in fresh spawned process(es); a crash or kill becomes a `failed`/`oom` row.
+
+    With several devices the cell is one process per local rank (see `rank_environments`); the first rank
+    to fail stops the others.
+    """
     cell_dir.mkdir(parents=True, exist_ok=True)
-    (cell_dir / "result.json").unlink(missing_ok=True)
-    proc = mp.get_context("spawn").Process(target=_child, args=(asdict(cfg), asdict(cell), str(cell_dir)))
+    for old in [cell_dir / "result.json", *cell_dir.glob("rank*.json")]:
+        old.unlink(missing_ok=True)
+    envs = rank_environments(cfg, port_offset) if distributed_strategy(cfg) else [None]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_child, args=(asdict(cfg), asdict(cell), str(cell_dir), env)) for env in envs]
     start = time.perf_counter()
-    proc.start()
+    for p in procs:
+        p.start()
     try:
-        proc.join()
+        from multiprocessing.connection import wait
+
+        while True:
+            alive = [p for p in procs if p.is_alive()]
+            if not alive or any(p.exitcode not in (None, 0) for p in procs):
+                break  # all done, or one rank failed: the others would wait for it in a collective forever
+            wait([p.sentinel for p in alive], timeout=5)
     except BaseException:  # Ctrl-C / SIGTERM: stop the cell too, record nothing for it
-        proc.terminate()  # Lightning turns SIGTERM into a clean stop at the next step
-        proc.join(30)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+        _stop(procs)
         raise
-    result_file = cell_dir / "result.json"
-    if result_file.exists():
-        return json.loads(result_file.read_text())
-    code = proc.exitcode
-    if code == -signal.SIGKILL:
-        status = "oom"  # the kernel's OOM killer is what SIGKILLs a child while its parent lives on
+    _stop(procs)
+    if envs[0] is None:
+        files = [cell_dir / "result.json"]
+    else:  # rank 0's figures, unless another rank failed first
+        files = [cell_dir / f"rank{env['RANK']}.json" for env in envs]
+    results = [json.loads(f.read_text()) if f.exists() else None for f in files]
+    bad = [r for r in results if r is not None and r.get("status") != "ok"]
+    if results[0] is not None and not bad:
+        result = results[0]
+    elif bad:
+        result = bad[0]
     else:
-        status = f"failed: cell process exited with code {code}"
-    return {"status": status, "wall_s": time.perf_counter() - start}
+        codes = [p.exitcode for p in procs]
+        if -signal.SIGKILL in codes:
+            status = "oom"  # the kernel's OOM killer is what SIGKILLs a child while its parent lives on
+        else:
+            code = next((c for c in codes if c not in (0, None)), codes[0])
+            status = f"failed: cell process exited with code {code}"
+        result = {"status": status, "wall_s": time.perf_counter() - start}
+    if envs[0] is not None and int(envs[0]["RANK"]) == 0:
+        (cell_dir / ".result.json.tmp").write_text(json.dumps(result))
+        os.replace(cell_dir / ".result.json.tmp", cell_dir / "result.json")
+    return result
 
 
 def base_row(cfg: SweepConfig, cell: Cell) -> dict:
@@ -282,14 +441,17 @@ def base_row(cfg: SweepConfig, cell: Cell) -> dict:
 
 
 def is_rank_zero() -> bool:
-    """Only global rank 0 writes sweep files (torchrun / SLURM set RANK; Lightning's launchers set it too)."""
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+    """Only global rank 0 writes sweep files: torchrun sets RANK, srun SLURM_PROCID, and on a multi-node run
+    launched by the sweep itself every node but the first has NODE_RANK > 0."""
+    return all(int(os.environ.get(k, "0") or 0) == 0 for k in ("RANK", "SLURM_PROCID", "NODE_RANK"))
 
 
 def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name: str | None = None,
               retry_failed: bool = False, in_process: bool = False, log=print) -> tuple[Path, list[dict]]:
     """Validate, then run every missing cell, writing results.csv after each. Returns (folder, all rows)."""
-    folder = validate(cfg, Path(out), name)
+    folder = validate(cfg, Path(out), name, in_process, warn=lambda m: print(m, file=sys.stderr))
+    if not is_rank_zero():  # under torchrun / srun every rank runs this loop; one of them talks
+        log = lambda *args, **kwargs: None  # noqa: E731
     res_path = folder / "results.csv"
     rows = read_results(res_path) if res_path.exists() else []
     old_cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
@@ -316,7 +478,7 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name:
 
             result = run_cell_safely(cfg, cell, cell_dir)
         else:
-            result = run_cell_in_process(cfg, cell, cell_dir)
+            result = run_cell_in_process(cfg, cell, cell_dir, port_offset=i)
         row = {**base_row(cfg, cell), **result}
         rows = [r for r in rows if cell_key(r) != key] + [row]
         if is_rank_zero():

@@ -1,0 +1,182 @@
+"""Distributed path on the CPU: a 2-process DDP (gloo) sweep cell on a tiny backbone, and bad device input.
+
+The DDP cell is launched by the sweep itself (one spawned process per rank with the torchrun environment);
+its accuracy must equal a one-process evaluation of the adapters it saved, both ranks must end with the same
+adapter weights, and rank 0 alone writes exactly one results.csv row.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from ssmlora.backbone import save_tiny_backbone
+from ssmlora.sweep import Cell, SweepConfig, SweepError, check_devices
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = {"n_train": 16, "n_validation": 4, "n_test": 12}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from data_prep import build_task
+
+    base = tmp_path_factory.mktemp("ddp")
+    bert = save_tiny_backbone(base / "bert", "bert", max_positions=64)
+    cache = base / "data"
+    build_task("topic-mix", max_len=64, tokenizer=str(bert), cache_dir=str(cache), seed=0, **SIZES)
+    return {"base": base, "bert": bert, "cache": cache}
+
+
+@pytest.fixture(autouse=True)
+def _experiments_on_path(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("experiments_run", ROOT / "experiments" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "experiments_run", module)
+
+
+def args(env, out, *extra) -> list[str]:
+    return ["--model", str(env["bert"]), "--task", "topic-mix", "--cache-dir", str(env["cache"]),
+            "--n-train", "16", "--n-validation", "4", "--n-test", "12", "--max-steps", "3",
+            "--tokens-per-step", "256", "--lr", "5e-3", "--precision", "32", "--threads", "1",
+            "--out", str(out), "--name", "s", "--lengths", "64", *extra]
+
+
+def test_two_process_ddp_cell_matches_one_process_evaluation(env, tmp_path, capsys):
+    from experiments_run import main
+
+    from ssmlora.lit import evaluate_adapters
+
+    argv = args(env, tmp_path, "--methods", "ssmlora", "--devices", "2", "--strategy", "ddp",
+                "--accelerator", "cpu")
+    assert main(argv) == 0, capsys.readouterr().err[-2000:]
+    with (tmp_path / "s" / "results.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1  # one row per cell, written by rank 0 only
+    row = rows[0]
+    assert row["status"] == "ok" and row["devices"] == "2x1" and int(row["n_test"]) == 12
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert config["devices"] == 2 and config["strategy"] == "ddp"
+    assert config["effective_batch"]["64"] == int(row["effective_batch"]) == 4  # 256 tokens // 64, any world size
+
+    cell_dir = tmp_path / "s" / "cells" / "ssmlora-L64-s0"
+    result = json.loads((cell_dir / "result.json").read_text())
+    assert result["world_size"] == 2 and result["strategy"] == "DDPStrategy"
+    assert result["accumulate"] * result["micro_batch"] * 2 == 4  # accumulation fills the fixed effective batch
+    ranks = result["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert ranks[0]["adapter_sha256"] == ranks[1]["adapter_sha256"]  # identical adapters on both ranks
+    assert result["peak_mem_mb"] == max(r["peak_mem_mb"] for r in ranks)
+    assert result["real_tokens_per_s"] == pytest.approx(sum(r["real_tokens"] / r["timed_s"] for r in ranks))
+
+    cfg = SweepConfig(model=str(env["bert"]), task="topic-mix", cache_dir=str(env["cache"]), max_steps=3,
+                      tokens_per_step=256, lr=5e-3, precision="32", threads=1, **SIZES)
+    alone = evaluate_adapters(cfg, Cell("ssmlora", 64, 0), cell_dir / "adapter")
+    assert alone["n_test"] == 12  # every test example scored exactly once, in one process and over 2 ranks
+    assert alone["accuracy"] == pytest.approx(float(row["accuracy"]), abs=1e-6)
+    assert alone["macro_f1"] == pytest.approx(float(row["macro_f1"]), abs=1e-6)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--devices", "4", "--accelerator", "gpu"], "no CUDA GPU"),
+    (["--strategy", "ddp"], "needs more than one device in total"),
+    (["--strategy", "deepspeed_stage_9", "--devices", "2"], "unknown strategy 'deepspeed_stage_9'"),
+    (["--accelerator", "gpu"], "no CUDA GPU"),
+    (["--accelerator", "tpu"], "unknown accelerator 'tpu'"),
+    (["--devices", "2", "--strategy", "ddp", "--in-process"], "needs an external launcher"),
+    (["--devices", "2", "--num-nodes", "2", "--strategy", "ddp"], "needs MASTER_ADDR"),
+    (["--devices", "2", "--strategy", "fsdp"], "fsdp runs on GPUs only"),
+])
+def test_bad_device_input_is_one_clear_line_before_training(env, tmp_path, capsys, monkeypatch, extra, message):
+    from experiments_run import main
+
+    for var in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS"):
+        monkeypatch.delenv(var, raising=False)
+    capsys.readouterr()
+    assert main(args(env, tmp_path, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "s").exists()  # checked before the sweep folder is even made
+
+
+def test_too_many_gpus_and_launcher_mismatch(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(SweepError, match="has 2 GPU"):
+        check_devices(SweepConfig(accelerator="gpu", devices=4, strategy="ddp"))
+    check_devices(SweepConfig(accelerator="gpu", devices=2, strategy="ddp"))  # fits
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(SweepError, match="torchrun started 4 process"):
+        check_devices(SweepConfig(accelerator="gpu", devices=2, strategy="ddp"), in_process=True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    check_devices(SweepConfig(accelerator="gpu", devices=2, strategy="ddp"), in_process=True)
+    with pytest.raises(SweepError, match="add --in-process"):
+        check_devices(SweepConfig(accelerator="gpu", devices=2, strategy="ddp"))
+
+
+def test_more_cpu_processes_than_cores_only_warns(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    warnings = []
+    check_devices(SweepConfig(accelerator="cpu", devices=4, strategy="ddp"), warn=warnings.append)
+    assert len(warnings) == 1 and "4 CPU processes on 2 core" in warnings[0]
+
+
+def test_ddp_keeps_carry_state_per_rank():
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from ssmlora.lit import make_strategy
+
+    strategy = make_strategy(SweepConfig(devices=2, strategy="ddp"))
+    assert isinstance(strategy, DDPStrategy) and strategy._ddp_kwargs["broadcast_buffers"] is False
+    assert make_strategy(SweepConfig(devices=2, strategy="auto")).__class__ is DDPStrategy
+    assert make_strategy(SweepConfig(devices=1)) == "auto"
+
+
+def test_fsdp_strategy_keeps_original_parameters_for_frozen_plus_adapter_layers():
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from ssmlora.lit import make_strategy
+
+    strategy = make_strategy(SweepConfig(devices=2, strategy="fsdp", accelerator="gpu"))
+    assert isinstance(strategy, FSDPStrategy) and strategy.kwargs["use_orig_params"] is True
+
+
+def test_adapters_wrap_rather_than_replace_base_linears():
+    """What FSDP needs: every adapter is a plain nn.Module holding the original nn.Linear (frozen)."""
+    import torch
+
+    from ssmlora import AdapterConfig, inject_adapters
+    from ssmlora.inject import adapter_modules
+    from tiny_models import tiny_model
+
+    model = inject_adapters(tiny_model("llama"), AdapterConfig(method="ssmlora", r=2))
+    wrappers = adapter_modules(model)
+    assert wrappers
+    for wrapper in wrappers.values():
+        assert type(wrapper.base) is torch.nn.Linear  # the original layer, kept as a submodule
+    frozen = [w for w in wrappers.values() if not any(p.requires_grad for p in w.base.parameters())]
+    assert len(frozen) >= len(wrappers) - 1  # all but a trained classifier head keep their base frozen
+
+
+def test_failed_ddp_cell_is_recorded_without_hanging(env, tmp_path):
+    from experiments_run import main
+
+    broken = save_tiny_backbone(tmp_path / "broken", "bert", max_positions=64)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    code = main(args({**env, "bert": broken}, tmp_path, "--methods", "lora", "--devices", "2", "--strategy", "ddp"))
+    with (tmp_path / "s" / "results.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert code == 1 and len(rows) == 1 and rows[0]["status"].startswith("failed: ")
+    assert list((tmp_path / "s" / "cells" / "lora-L64-s0").glob("error*.txt"))  # the first rank to fail reports
