@@ -3,7 +3,7 @@
     from data_prep import build_task, list_tasks, get_task, UnknownTaskError, majority_rate
     ds = build_task("topic-mix", max_len=1024)          # DatasetDict: train / validation / test
 
-See docs/tasks.md for the task list, sizes and sources.
+See the README section "Tasks" for the task list, sizes and sources.
 """
 
 from . import catalog as _catalog  # noqa: F401  (registers the tasks)

@@ -4,7 +4,7 @@ Trains every method at every length (powers of two from --min-len up to --max-le
 and writes <out>/<name>/{config.json,results.csv,cells/}. Rerunning the same command resumes: finished
 cells are skipped. Exit code 0 when every cell is ok, 1 when any cell failed, 2 on bad input.
 
-Several devices (docs/multigpu.md): `--devices N --strategy ddp [--num-nodes M] [--accelerator cpu|gpu]`
+Several devices (README section 'Several GPUs and several machines'): `--devices N --strategy ddp [--num-nodes M] [--accelerator cpu|gpu]`
 makes every cell N rank processes per node, spawned by the sweep; or start the ranks with
 `torchrun --nproc-per-node N experiments/run.py --in-process ...` (or `srun ... --in-process`).
 """

@@ -8,7 +8,7 @@ Layout of a sweep folder `<out>/<name>/`:
 Why one process per cell: on the CPU the only honest peak memory of a cell is the peak RSS of a process
 that ran nothing else (SPEC.md §2); it also returns every byte to the OS between cells and contains crashes.
 
-Several devices (docs/multigpu.md): with `--devices N` (x `--num-nodes M`) and strategy ddp/fsdp, a cell is
+Several devices (README section 'Several GPUs and several machines'): with `--devices N` (x `--num-nodes M`) and strategy ddp/fsdp, a cell is
 N spawned rank processes per node instead of one, each given the torchrun environment (RANK, LOCAL_RANK,
 WORLD_SIZE, MASTER_ADDR/PORT, TORCHELASTIC_RUN_ID), so Lightning joins them without re-running `sys.argv`.
 Under an external launcher (`torchrun ... --in-process`, `srun ... --in-process`) every rank runs the whole
@@ -270,12 +270,12 @@ def check_devices(cfg: SweepConfig, in_process: bool = False, warn=None) -> None
             raise SweepError(f"under {launcher} every rank must run the sweep itself: add --in-process")
     elif world > 1 and in_process:
         raise SweepError("--in-process with more than one device needs an external launcher (torchrun or srun, "
-                         "see docs/multigpu.md); without --in-process the sweep launches the ranks itself")
+                         "see README section 'Several GPUs and several machines'); without --in-process the sweep launches the ranks itself")
     if world > 1 and cfg.num_nodes > 1 and not launcher:
         missing = [k for k in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK") if k not in os.environ]
         if missing:
             raise SweepError(f"--num-nodes {cfg.num_nodes} without torchrun/srun needs {', '.join(missing)} set on "
-                             f"every node (see docs/multigpu.md)")
+                             f"every node (see README section 'Several GPUs and several machines')")
 
 
 def check_existing(cfg: SweepConfig, folder: Path) -> None:
