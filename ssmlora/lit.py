@@ -139,11 +139,9 @@ def run_cell(cfg, cell, cell_dir) -> dict:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from ssmlora import AdapterConfig, count_parameters, enable_gradient_checkpointing, inject_adapters
-    from ssmlora.backbone import load_backbone
     from data_prep import majority_rate
-
-    from ssmlora.datamodule import DataConfig, TaskDataModule, build_splits
+    from ssmlora import count_parameters, enable_gradient_checkpointing
+    from ssmlora.datamodule import TaskDataModule
     from ssmlora.profilers import PeakMemoryCallback, ThroughputCallback
 
     start = time.perf_counter()
@@ -152,17 +150,7 @@ def run_cell(cfg, cell, cell_dir) -> dict:
     micro = cfg.micro_batch(cell.max_len)
     world = cfg.devices * cfg.num_nodes
     accumulate = cfg.effective_batch(cell.max_len) // (micro * world)
-    dcfg = DataConfig(task=cfg.task, max_len=cell.max_len, tokenizer=_tokenizer_path(cfg.model), seed=cell.seed,
-                      micro_batch=micro, n_train=cfg.n_train, n_validation=cfg.n_validation, n_test=cfg.n_test,
-                      test_limit=cfg.test_limit(cell.max_len), val_limit=cfg.test_limit(cell.max_len),
-                      cache_dir=cfg.cache_dir)
-    data = build_splits(dcfg)
-    labels = list(data["train"].features["label"].names)
-    pad_id = _pad_token_id(dcfg.tokenizer)
-    model, info = load_backbone(cfg.model, num_labels=len(labels), max_len=cell.max_len, attn_implementation=cfg.attn,
-                                id2label=dict(enumerate(labels)), pad_token_id=pad_id, pooling=cfg.pooling)
-    inject_adapters(model, AdapterConfig(method=cell.method, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout,
-                                         targets=cfg.targets, ssm_mode=cfg.ssm_mode, scale=cfg.scale))
+    dcfg, data, labels, pad_id, model, info = _build_cell(cfg, cell)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     counts = count_parameters(model)
@@ -287,29 +275,37 @@ def reduce_cell_figures(trainer, model, peak, speed, flops_dtype) -> tuple[dict,
     return mem, speed.summary(flops_dtype, ranks=ranks if len(ranks) > 1 else None), ranks
 
 
+def _build_cell(cfg, cell):
+    """The cell's data and adapted backbone, built the same way for training and for re-scoring saved adapters."""
+    from ssmlora import AdapterConfig, inject_adapters
+    from ssmlora.backbone import load_backbone
+    from ssmlora.datamodule import DataConfig, build_splits
+
+    dcfg = DataConfig(task=cfg.task, max_len=cell.max_len, tokenizer=_tokenizer_path(cfg.model), seed=cell.seed,
+                      micro_batch=cfg.micro_batch(cell.max_len), n_train=cfg.n_train, n_validation=cfg.n_validation,
+                      n_test=cfg.n_test, test_limit=cfg.test_limit(cell.max_len),
+                      val_limit=cfg.test_limit(cell.max_len), cache_dir=cfg.cache_dir)
+    data = build_splits(dcfg)
+    labels = list(data["train"].features["label"].names)
+    pad_id = _pad_token_id(dcfg.tokenizer)
+    model, info = load_backbone(cfg.model, num_labels=len(labels), max_len=cell.max_len, attn_implementation=cfg.attn,
+                                id2label=dict(enumerate(labels)), pad_token_id=pad_id, pooling=cfg.pooling)
+    inject_adapters(model, AdapterConfig(method=cell.method, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout,
+                                         targets=cfg.targets, ssm_mode=cfg.ssm_mode, scale=cfg.scale))
+    return dcfg, data, labels, pad_id, model, info
+
+
 def evaluate_adapters(cfg, cell, adapter_dir) -> dict:
     """Score saved adapters (a cell's `adapter/` folder) on the cell's test split in this one process.
 
     Builds the backbone and test subset exactly as `run_cell` does, so the accuracy equals the cell's own,
     whatever the number of ranks that trained and scored it. Returns {"accuracy", "macro_f1", "n_test"}.
     """
-    from ssmlora import AdapterConfig, inject_adapters, load_adapters
-    from ssmlora.backbone import load_backbone
-    from ssmlora.datamodule import DataConfig, TaskDataModule, build_splits
+    from ssmlora import load_adapters
+    from ssmlora.datamodule import TaskDataModule
 
     torch.set_num_threads(_threads(cfg))
-    micro = cfg.micro_batch(cell.max_len)
-    dcfg = DataConfig(task=cfg.task, max_len=cell.max_len, tokenizer=_tokenizer_path(cfg.model), seed=cell.seed,
-                      micro_batch=micro, n_train=cfg.n_train, n_validation=cfg.n_validation, n_test=cfg.n_test,
-                      test_limit=cfg.test_limit(cell.max_len), val_limit=cfg.test_limit(cell.max_len),
-                      cache_dir=cfg.cache_dir)
-    data = build_splits(dcfg)
-    labels = list(data["train"].features["label"].names)
-    pad_id = _pad_token_id(dcfg.tokenizer)
-    model, _ = load_backbone(cfg.model, num_labels=len(labels), max_len=cell.max_len, attn_implementation=cfg.attn,
-                             id2label=dict(enumerate(labels)), pad_token_id=pad_id, pooling=cfg.pooling)
-    inject_adapters(model, AdapterConfig(method=cell.method, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout,
-                                         targets=cfg.targets, ssm_mode=cfg.ssm_mode, scale=cfg.scale))
+    dcfg, data, labels, pad_id, model, _ = _build_cell(cfg, cell)
     load_adapters(model, adapter_dir)
     module = AdapterClassifier(model, len(labels))
     trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, precision=cfg.precision, logger=False,
