@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
 from plots.data import (CellStats, Sweep, cell_stats, depth_accuracy, failure_summary, pareto_front,
                         scaling_exponent, series_stats)
@@ -280,6 +280,11 @@ def set_log_cost_axis(ax) -> None:
     """Log x axis for a cost, major ticks in plain numbers, minor ticks unlabelled."""
     ax.set_xscale("log")
     readable_log_ticks(ax.xaxis)
+    ax.autoscale_view()
+    low, high = ax.get_xlim()
+    if high / low < 3:  # under one decade the 1-2-5 ticks degrade to crowded minor labels: a few plain ticks
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+        ax.xaxis.set_minor_locator(NullLocator())
 
 
 def _failure_note(sweep: Sweep) -> str:
