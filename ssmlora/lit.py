@@ -154,6 +154,7 @@ def run_cell(cfg, cell, cell_dir) -> dict:
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     counts = count_parameters(model)
+    probe = fit_head_by_probe(cfg, cell, cell_dir, model, data["train"], pad_id) if cfg.head_init == "probe" else {}
     steps = cfg.max_steps
     if cfg.epochs > 0:  # the schedule needs the step count up front
         steps = cfg.epochs * max(1, len(data["train"]) // cfg.effective_batch(cell.max_len))
@@ -200,6 +201,7 @@ def run_cell(cfg, cell, cell_dir) -> dict:
         **{k: v for k, v in rates.items() if k != "timed_steps"},
         "train_steps": trainer.global_step,
         "wall_s": time.perf_counter() - start,
+        **probe,
         "attn_impl": info.attn_impl,
         "test_s": test_s,
         "fit_s": test_start - start,
@@ -209,6 +211,23 @@ def run_cell(cfg, cell, cell_dir) -> dict:
         "strategy": type(trainer.strategy).__name__,
         "ranks": ranks,  # per rank: peak memory, tokens/s, adapter hash (result.json only, not results.csv)
     }
+
+
+def fit_head_by_probe(cfg, cell, cell_dir, model, train, pad_id) -> dict:
+    """LP-FT's first stage (ssmlora/probe.py) for a sweep cell: the frozen features are cached per (length,
+    seed) in `<sweep>/probe/`, so every method of that length and seed starts from the same head."""
+    import os
+    from pathlib import Path
+
+    from ssmlora.probe import init_head_from_probe
+    from ssmlora.sweep import is_rank_zero
+
+    on_gpu = cfg.accelerator == "gpu" or (cfg.accelerator == "auto" and torch.cuda.is_available())
+    if on_gpu:  # the Trainer would move it there anyway; the probe's forwards should run there too
+        model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0)))
+    cache = Path(cell_dir).parent.parent / "probe" / f"L{cell.max_len}-s{cell.seed}.safetensors"
+    return init_head_from_probe(model, train, cfg.probe_examples, cell.seed, 2 * cfg.micro_batch(cell.max_len),
+                                cfg.precision, pad_id, cache=cache, write_cache=is_rank_zero())
 
 
 def make_strategy(cfg):

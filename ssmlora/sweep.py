@@ -5,26 +5,22 @@ Layout of a sweep folder `<out>/<name>/`:
   results.csv           one row per finished cell, rewritten atomically after every cell
   cells/<cell>/         Lightning's CSVLogger output and the cell's result.json
 
-Why one process per cell: on the CPU the only honest peak memory of a cell is the peak RSS of a process
-that ran nothing else (SPEC.md §2); it also returns every byte to the OS between cells and contains crashes.
-
-Several devices (README section 'Several GPUs and several machines'): with `--devices N` (x `--num-nodes M`) and strategy ddp/fsdp, a cell is
-N spawned rank processes per node instead of one, each given the torchrun environment (RANK, LOCAL_RANK,
-WORLD_SIZE, MASTER_ADDR/PORT, TORCHELASTIC_RUN_ID), so Lightning joins them without re-running `sys.argv`.
-Under an external launcher (`torchrun ... --in-process`, `srun ... --in-process`) every rank runs the whole
-sweep in process instead. Either way only global rank 0 writes config.json, results.csv and result.json.
+Each cell runs in its own process(es) (ssmlora/launch.py: why, and how ranks are launched). With `--devices N`
+(x `--num-nodes M`) and strategy ddp/fsdp a cell is N rank processes per node (README section 'Several GPUs and
+several machines'); under an external launcher (`torchrun ... --in-process`, `srun ... --in-process`) every rank
+runs the whole sweep in process instead. Either way only global rank 0 writes config.json, results.csv and
+result.json.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import platform
 import signal
 import sys
-import time
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +29,9 @@ from ssmlora.results import SCHEMA_VERSION, ResultsFormatError, cell_key, read_r
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 STRATEGIES = ("auto", "ddp", "fsdp")
 ACCELERATORS = ("cpu", "gpu", "auto")
+
+
+HEAD_INITS = ("probe", "random")
 
 
 class SweepError(ValueError):
@@ -51,27 +50,47 @@ class SweepConfig:
     ssm_mode: str = field(default="depth", metadata={"help": "SSMLoRA time axis: depth | carry"})
     r: int = field(default=8, metadata={"help": "adapter rank"})
     alpha: float = field(default=16.0, metadata={"help": "adapter scale numerator"})
-    dropout: float = field(default=0.1, metadata={"help": "adapter dropout"})
+    dropout: float = field(
+        default=0.0,
+        metadata={"help": "adapter dropout (0, as PEFT's default: a few dozen steps do not overfit, and on the CPU "
+                  "the random draws of dropout on every adapter's input cost 15-20 percent of a LoRA step)"},
+    )
     targets: str = field(default="all", metadata={"help": "insertion scheme: all | qv"})
     scale: str = field(default="alpha/r", metadata={"help": "adapter output scale: alpha/r | alpha"})
-    lr: float = field(default=2e-3, metadata={"help": "peak learning rate of LoRA's matrices (5e-3 oscillated)"})
+    lr: float = field(
+        default=5e-4,
+        metadata={"help": "peak learning rate of LoRA's matrices (after the probe, 2e-3 took a 4096 cell from the "
+                  "probe's ~0.66 down to 0.28 and a 2048 cell to 0.30; 5e-4 kept 0.48 at 2048)"},
+    )
     ssmlora_lr: float = field(
-        default=2e-4,
-        metadata={"help": "peak learning rate of SSMLoRA's matrices: its Wa ~ N(0, 1/r) makes u = x Wa about "
-                  "sqrt(3 in / r) ~ 12x larger than LoRA's A x, so the same Adam step moves its output ~12x more"},
+        default=5e-5,
+        metadata={"help": "peak learning rate of SSMLoRA's matrices, a tenth of LoRA's: its Wa ~ N(0, 1/r) makes "
+                  "u = x Wa about sqrt(3 in / r) ~ 12x larger than LoRA's A x, so the same Adam step moves its "
+                  "output ~12x more"},
+    )
+    head_init: str = field(
+        default="probe",
+        metadata={"help": "probe: fit the head as a linear probe on frozen features first, then fine-tune (LP-FT; "
+                  "ssmlora/probe.py) | random: fine-tune from the model's random head"},
+    )
+    probe_examples: int = field(
+        default=128,
+        metadata={"help": "training examples the probe is fitted on (a frozen forward each; at 4096 the probe "
+                  "reached 0.66 / 0.64 / 0.70 test accuracy from 50 / 100 / 150, vs majority 0.22)"},
     )
     head_lr: float = field(
-        default=3e-2,
-        metadata={"help": "peak learning rate of the new classifier head (its inputs are small, |x| ~ 1.3)"},
+        default=5e-4,
+        metadata={"help": "peak learning rate of the classifier head (from a random head, 3e-2 was needed: its "
+                  "inputs are small, |x| ~ 1.3; from a probe-fitted head a small rate keeps what the probe found)"},
     )
     schedule: str = field(default="linear", metadata={"help": "cosine | linear | constant after warm-up"})
     warmup_frac: float = field(default=0.1, metadata={"help": "share of steps of warm-up"})
-    max_steps: int = field(default=30, metadata={"help": "optimizer steps per cell (ignored when epochs > 0)"})
+    max_steps: int = field(default=15, metadata={"help": "optimizer steps per cell (ignored when epochs > 0)"})
     epochs: int = field(default=0, metadata={"help": "train this many epochs instead of max_steps (0: use steps)"})
     tokens_per_step: int = field(
         default=8192,
-        metadata={"help": "token budget per optimizer step: effective batch = tokens_per_step // L (8192: 2 "
-                  "sequences at 4096; with 4096 a 4096 cell saw 30 sequences and stayed at chance)"},
+        metadata={"help": "token budget per optimizer step: effective batch = tokens_per_step // L (8192: 16 "
+                  "sequences at 512, 2 at 4096; at 1 sequence per step the fine-tuning was too noisy)"},
     )
     batch_size: int = field(default=0, metadata={"help": "sequences per forward per device (0: micro_tokens // L)"})
     micro_tokens: int = field(default=4096, metadata={"help": "token cap of one forward when batch_size is 0"})
@@ -160,6 +179,7 @@ def config_json(cfg: SweepConfig, name: str) -> dict:
         "max_steps": cfg.max_steps,
         "effective_batch": {str(L): cfg.effective_batch(L) for L in cfg.lengths},
         "lr": cfg.lr,
+        "head_init": cfg.head_init,
         "adapter": {"r": cfg.r, "alpha": cfg.alpha, "dropout": cfg.dropout, "targets": cfg.targets, "scale": cfg.scale},
         "environment": environment(),
         "config": asdict(cfg),
@@ -178,6 +198,10 @@ def validate(cfg: SweepConfig, out: Path, name: str | None, in_process: bool = F
             raise SweepError(f"unknown method {m!r}: choose from lora, ssmlora, frozen")
     if cfg.precision not in PRECISIONS:
         raise SweepError(f"unknown precision {cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if cfg.head_init not in HEAD_INITS:
+        raise SweepError(f"unknown head init {cfg.head_init!r}: choose one of {', '.join(HEAD_INITS)}")
+    if cfg.head_init == "probe" and cfg.probe_examples < 10:
+        raise SweepError(f"--probe-examples {cfg.probe_examples} is too few to fit a head: give at least 10")
     if cfg.max_steps <= 0 and cfg.epochs <= 0:
         raise SweepError("give a positive --max-steps or --epochs")
     try:
@@ -321,116 +345,6 @@ def row_key(cfg: SweepConfig, cell: Cell) -> tuple[str, ...]:
                      "max_len": cell.max_len, "seed": cell.seed})
 
 
-def _child(cfg_dict: dict, cell_dict: dict, cell_dir: str, env: dict | None = None) -> None:
-    """Process entry of one cell (or of one rank of it): run it and leave its result file.
-
-    One process: `result.json`. Rank r of several: `rank<r>.json` (rank 0's holds the cell's reduced
-    figures); a rank whose cell failed exits with code 1, so the parent stops the other ranks at once
-    instead of leaving them waiting in a collective.
-    """
-    if env:
-        os.environ.update(env)  # before Lightning reads them: this process is one torchrun-style rank
-    from ssmlora.lit import run_cell_safely
-
-    result = run_cell_safely(SweepConfig(**cfg_dict), Cell(**cell_dict), Path(cell_dir))
-    name = f"rank{env['RANK']}.json" if env else "result.json"
-    tmp = Path(cell_dir) / f".{name}.tmp"
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, Path(cell_dir) / name)
-    if env:  # leave at once: exit-time teardown of a process group can wait forever on a departed peer
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0 if result.get("status") == "ok" else 1)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def rank_environments(cfg: SweepConfig, port_offset: int = 0) -> list[dict]:
-    """The torchrun environment of each local rank of one cell on this node.
-
-    One node: a free port on 127.0.0.1 per cell. Several nodes: MASTER_ADDR, NODE_RANK and MASTER_PORT come
-    from the environment (the same on every node), the port shifted by the cell's index in the plan, so
-    every node of a cell meets on the same fresh port.
-    """
-    local, world = cfg.devices, world_size(cfg)
-    node = int(os.environ.get("NODE_RANK", "0")) if cfg.num_nodes > 1 else 0
-    addr = os.environ.get("MASTER_ADDR", "127.0.0.1") if cfg.num_nodes > 1 else "127.0.0.1"
-    port = int(os.environ["MASTER_PORT"]) + port_offset if cfg.num_nodes > 1 else _free_port()
-    run_id = f"ssmlora-{port}"
-    return [{"RANK": str(node * local + r), "LOCAL_RANK": str(r), "GROUP_RANK": str(node), "NODE_RANK": str(node),
-             "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(local), "MASTER_ADDR": addr, "MASTER_PORT": str(port),
-             "TORCHELASTIC_RUN_ID": run_id} for r in range(local)]
-
-
-def _stop(procs) -> None:
-    for p in procs:
-        if p.is_alive():
-            p.terminate()  # Lightning turns SIGTERM into a clean stop at the next step
-    deadline = time.time() + 30
-    for p in procs:
-        p.join(max(0.1, deadline - time.time()))
-        if p.is_alive():
-            p.kill()
-            p.join()
-
-
-def run_cell_in_process(cfg: SweepConfig, cell: Cell, cell_dir: Path, port_offset: int = 0) -> dict:
-    """Run one cell in fresh spawned process(es); a crash or kill becomes a `failed`/`oom` row.
-
-    With several devices the cell is one process per local rank (see `rank_environments`); the first rank
-    to fail stops the others.
-    """
-    cell_dir.mkdir(parents=True, exist_ok=True)
-    for old in [cell_dir / "result.json", *cell_dir.glob("rank*.json")]:
-        old.unlink(missing_ok=True)
-    envs = rank_environments(cfg, port_offset) if distributed_strategy(cfg) else [None]
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_child, args=(asdict(cfg), asdict(cell), str(cell_dir), env)) for env in envs]
-    start = time.perf_counter()
-    for p in procs:
-        p.start()
-    try:
-        from multiprocessing.connection import wait
-
-        while True:
-            alive = [p for p in procs if p.is_alive()]
-            if not alive or any(p.exitcode not in (None, 0) for p in procs):
-                break  # all done, or one rank failed: the others would wait for it in a collective forever
-            wait([p.sentinel for p in alive], timeout=5)
-    except BaseException:  # Ctrl-C / SIGTERM: stop the cell too, record nothing for it
-        _stop(procs)
-        raise
-    _stop(procs)
-    if envs[0] is None:
-        files = [cell_dir / "result.json"]
-    else:  # rank 0's figures, unless another rank failed first
-        files = [cell_dir / f"rank{env['RANK']}.json" for env in envs]
-    results = [json.loads(f.read_text()) if f.exists() else None for f in files]
-    bad = [r for r in results if r is not None and r.get("status") != "ok"]
-    if results[0] is not None and not bad:
-        result = results[0]
-    elif bad:
-        result = bad[0]
-    else:
-        codes = [p.exitcode for p in procs]
-        if -signal.SIGKILL in codes:
-            status = "oom"  # the kernel's OOM killer is what SIGKILLs a child while its parent lives on
-        else:
-            code = next((c for c in codes if c not in (0, None)), codes[0])
-            status = f"failed: cell process exited with code {code}"
-        result = {"status": status, "wall_s": time.perf_counter() - start}
-    if envs[0] is not None and int(envs[0]["RANK"]) == 0:
-        (cell_dir / ".result.json.tmp").write_text(json.dumps(result))
-        os.replace(cell_dir / ".result.json.tmp", cell_dir / "result.json")
-    return result
-
-
 def base_row(cfg: SweepConfig, cell: Cell) -> dict:
     return {
         "task": cfg.task, "model": cfg.model, "method": cell.method,
@@ -463,6 +377,10 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name:
         (folder / ".config.json.tmp").write_text(json.dumps(cfg_out, indent=2, default=str))
         os.replace(folder / ".config.json.tmp", folder / "config.json")
 
+    if not in_process and threading.current_thread() is threading.main_thread():
+        # `kill <pid>` (SIGTERM) stops the sweep the way Ctrl-C does: the running cell's processes are ended
+        # with it and every finished row is already on disk.
+        signal.signal(signal.SIGTERM, _interrupt)
     done = {cell_key(r): r for r in rows if retry_failed is False or r.get("status") == "ok"}
     cells = plan(cfg)
     for i, cell in enumerate(cells, 1):
@@ -478,6 +396,8 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name:
 
             result = run_cell_safely(cfg, cell, cell_dir)
         else:
+            from ssmlora.launch import run_cell_in_process
+
             result = run_cell_in_process(cfg, cell, cell_dir, port_offset=i)
         row = {**base_row(cfg, cell), **result}
         rows = [r for r in rows if cell_key(r) != key] + [row]
@@ -488,6 +408,10 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name:
                if row.get("accuracy") not in (None, "") else "")
             + f", {float(row.get('wall_s') or 0):.0f} s")
     return folder, rows
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def results_table(rows: list[dict]) -> str:

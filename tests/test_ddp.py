@@ -16,6 +16,7 @@ import pytest
 
 from ssmlora.backbone import save_tiny_backbone
 from ssmlora.sweep import Cell, SweepConfig, SweepError, check_devices
+from tiny_models import tiny_sweep_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"n_train": 16, "n_validation": 4, "n_test": 12}
@@ -23,13 +24,7 @@ SIZES = {"n_train": 16, "n_validation": 4, "n_test": 12}
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from data_prep import build_task
-
-    base = tmp_path_factory.mktemp("ddp")
-    bert = save_tiny_backbone(base / "bert", "bert", max_positions=64)
-    cache = base / "data"
-    build_task("topic-mix", max_len=64, tokenizer=str(bert), cache_dir=str(cache), seed=0, **SIZES)
-    return {"base": base, "bert": bert, "cache": cache}
+    return tiny_sweep_env(tmp_path_factory.mktemp("ddp"), [64], **SIZES)
 
 
 @pytest.fixture(autouse=True)

@@ -90,3 +90,24 @@ def test_alpha_scale_matches_released_code():
     assert all(m.scaling == 16 for m in lora.modules() if isinstance(m, LoRALinear))
     lora = inject_adapters(tiny_model("llama"), AdapterConfig(method="lora", r=4, alpha=16))
     assert all(m.scaling == 4 for m in lora.modules() if isinstance(m, LoRALinear))
+
+
+def test_cpu_mask_dropout_is_dropout_with_a_one_byte_saved_mask():
+    from ssmlora.lora import MaskDropout
+
+    drop = MaskDropout(0.25).train()
+    x = torch.randn(400, 300, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t):
+        y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.01  # 120k draws: 4 sigma is 0.005
+    torch.testing.assert_close(y[kept], x[kept] / 0.75)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.75)
+    assert saved == [torch.bool]  # F.dropout on the CPU keeps a float32 noise tensor instead
+    torch.manual_seed(3)
+    a = drop(x)
+    torch.manual_seed(3)
+    assert torch.equal(a, drop(x))
+    assert torch.equal(drop.eval()(x), x)

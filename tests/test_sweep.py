@@ -15,7 +15,9 @@ import pytest
 
 from ssmlora.backbone import save_tiny_backbone
 from ssmlora.results import COLUMN_NAMES
-from ssmlora.sweep import Cell, SweepConfig, run_cell_in_process
+from ssmlora.launch import run_cell_in_process
+from ssmlora.sweep import Cell, SweepConfig
+from tiny_models import tiny_sweep_env
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = [sys.executable, str(ROOT / "experiments" / "run.py")]
@@ -24,15 +26,7 @@ SIZES = {"n_train": 16, "n_validation": 4, "n_test": 8}
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """A tiny BERT (64 native positions), a tiny Llama, and topic-mix pre-built at the test lengths."""
-    from data_prep import build_task
-
-    base = tmp_path_factory.mktemp("sweep")
-    bert = save_tiny_backbone(base / "bert", "bert", max_positions=64)
-    cache = base / "data"
-    for length in (64, 128, 256):  # built once here, so every cell process only loads it
-        build_task("topic-mix", max_len=length, tokenizer=str(bert), cache_dir=str(cache), seed=0, **SIZES)
-    return {"base": base, "bert": bert, "cache": cache}
+    return tiny_sweep_env(tmp_path_factory.mktemp("sweep"), [64, 128, 256], **SIZES)
 
 
 def tiny_args(env, out, *extra) -> list[str]:
@@ -160,3 +154,23 @@ def _experiments_on_path(monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setitem(sys.modules, "experiments_run", module)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_stopping_the_sweep_ends_its_cell_process(env, tmp_path, sig):
+    import psutil
+
+    cmd = RUN + tiny_args(env, tmp_path / "out", "--lengths", "64", "--methods", "lora") + ["--max-steps", "100000"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, cells = time.time() + 120, []
+    while time.time() < deadline and not cells:
+        cells = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+        time.sleep(0.5)
+    assert cells, "the cell process never started"
+    time.sleep(3)  # let it get into training
+    os.kill(proc.pid, sig)  # the sweep alone, not its process group
+    proc.wait(timeout=60)
+    gone, alive = psutil.wait_procs(cells, timeout=20)
+    assert not alive, f"cell process outlived the sweep after {sig.name}"
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 130 and "rerun the same command to resume" in proc.stderr.read()

@@ -46,3 +46,16 @@ def tiny_model(family: str, seed: int = 0, **overrides):
 def tiny_batch(batch: int = 2, seq: int = 10, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, 128, (batch, seq), generator=g)
+
+
+def tiny_sweep_env(base, lengths, **sizes) -> dict:
+    """A tiny BERT (64 native positions) saved with the MiniLM tokenizer, and topic-mix pre-built at `lengths`
+    with `sizes` (n_train, n_validation, n_test), so every sweep cell process only loads the data."""
+    from data_prep import build_task
+    from ssmlora.backbone import save_tiny_backbone
+
+    bert = save_tiny_backbone(base / "bert", "bert", max_positions=64)
+    cache = base / "data"
+    for length in lengths:
+        build_task("topic-mix", max_len=length, tokenizer=str(bert), cache_dir=str(cache), seed=0, **sizes)
+    return {"base": base, "bert": bert, "cache": cache}

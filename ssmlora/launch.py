@@ -1,0 +1,145 @@
+"""One sweep cell in fresh spawned process(es): one per cell, or one per local rank under DDP/FSDP.
+
+Why processes: on the CPU the only honest peak memory of a cell is the peak RSS of a process that ran nothing
+else (SPEC.md §2); a process also returns every byte to the OS between cells and contains crashes. Each rank
+gets the torchrun environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT, TORCHELASTIC_RUN_ID), so
+Lightning joins them without re-running `sys.argv`. A cell process ends itself when its sweep is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ssmlora.sweep import Cell, SweepConfig, distributed_strategy, world_size
+
+
+def _child(cfg_dict: dict, cell_dict: dict, cell_dir: str, env: dict | None = None) -> None:
+    """Process entry of one cell (or of one rank of it): run it and leave its result file.
+
+    One process: `result.json`. Rank r of several: `rank<r>.json` (rank 0's holds the cell's reduced
+    figures); a rank whose cell failed exits with code 1, so the parent stops the other ranks at once
+    instead of leaving them waiting in a collective.
+    """
+    if env:
+        os.environ.update(env)  # before Lightning reads them: this process is one torchrun-style rank
+    _exit_when_orphaned()
+    from ssmlora.lit import run_cell_safely
+
+    result = run_cell_safely(SweepConfig(**cfg_dict), Cell(**cell_dict), Path(cell_dir))
+    name = f"rank{env['RANK']}.json" if env else "result.json"
+    tmp = Path(cell_dir) / f".{name}.tmp"
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, Path(cell_dir) / name)
+    if env:  # leave at once: exit-time teardown of a process group can wait forever on a departed peer
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0 if result.get("status") == "ok" else 1)
+
+
+def _exit_when_orphaned(poll_s: float = 2.0) -> None:
+    """End this cell process as soon as the sweep that started it is gone (killed with SIGKILL, say): nobody
+    would read its result, and it would hold the cores the next (resumed) sweep needs."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rank_environments(cfg: SweepConfig, port_offset: int = 0) -> list[dict]:
+    """The torchrun environment of each local rank of one cell on this node.
+
+    One node: a free port on 127.0.0.1 per cell. Several nodes: MASTER_ADDR, NODE_RANK and MASTER_PORT come
+    from the environment (the same on every node), the port shifted by the cell's index in the plan, so
+    every node of a cell meets on the same fresh port.
+    """
+    local, world = cfg.devices, world_size(cfg)
+    node = int(os.environ.get("NODE_RANK", "0")) if cfg.num_nodes > 1 else 0
+    addr = os.environ.get("MASTER_ADDR", "127.0.0.1") if cfg.num_nodes > 1 else "127.0.0.1"
+    port = int(os.environ["MASTER_PORT"]) + port_offset if cfg.num_nodes > 1 else _free_port()
+    run_id = f"ssmlora-{port}"
+    return [{"RANK": str(node * local + r), "LOCAL_RANK": str(r), "GROUP_RANK": str(node), "NODE_RANK": str(node),
+             "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(local), "MASTER_ADDR": addr, "MASTER_PORT": str(port),
+             "TORCHELASTIC_RUN_ID": run_id} for r in range(local)]
+
+
+def _stop(procs) -> None:
+    # SIGKILL, not SIGTERM: Lightning turns SIGTERM into "stop training", after which the cell would still
+    # score the test split; nothing of a stopped cell is kept, and a rank stuck in a collective ignores SIGTERM.
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    for p in procs:
+        p.join()
+
+
+def run_cell_in_process(cfg: SweepConfig, cell: Cell, cell_dir: Path, port_offset: int = 0) -> dict:
+    """Run one cell in fresh spawned process(es); a crash or kill becomes a `failed`/`oom` row.
+
+    With several devices the cell is one process per local rank (see `rank_environments`); the first rank
+    to fail stops the others.
+    """
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    for old in [cell_dir / "result.json", *cell_dir.glob("rank*.json")]:
+        old.unlink(missing_ok=True)
+    envs = rank_environments(cfg, port_offset) if distributed_strategy(cfg) else [None]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_child, args=(asdict(cfg), asdict(cell), str(cell_dir), env)) for env in envs]
+    start = time.perf_counter()
+    for p in procs:
+        p.start()
+    try:
+        from multiprocessing.connection import wait
+
+        while True:
+            alive = [p for p in procs if p.is_alive()]
+            if not alive or any(p.exitcode not in (None, 0) for p in procs):
+                break  # all done, or one rank failed: the others would wait for it in a collective forever
+            wait([p.sentinel for p in alive], timeout=5)
+    except BaseException:  # Ctrl-C / SIGTERM: stop the cell too, record nothing for it
+        _stop(procs)
+        raise
+    _stop(procs)
+    if envs[0] is None:
+        files = [cell_dir / "result.json"]
+    else:  # rank 0's figures, unless another rank failed first
+        files = [cell_dir / f"rank{env['RANK']}.json" for env in envs]
+    results = [json.loads(f.read_text()) if f.exists() else None for f in files]
+    bad = [r for r in results if r is not None and r.get("status") != "ok"]
+    if results[0] is not None and not bad:
+        result = results[0]
+    elif bad:
+        result = bad[0]
+    else:
+        codes = [p.exitcode for p in procs]
+        if -signal.SIGKILL in codes:
+            status = "oom"  # the kernel's OOM killer is what SIGKILLs a child while its parent lives on
+        else:
+            code = next((c for c in codes if c not in (0, None)), codes[0])
+            status = f"failed: cell process exited with code {code}"
+        result = {"status": status, "wall_s": time.perf_counter() - start}
+    if envs[0] is not None and int(envs[0]["RANK"]) == 0:
+        (cell_dir / ".result.json.tmp").write_text(json.dumps(result))
+        os.replace(cell_dir / ".result.json.tmp", cell_dir / "result.json")
+    return result
