@@ -60,11 +60,11 @@ def head_features(model: nn.Module, dataset, batch_size: int, precision: str = "
     from ssmlora.datamodule import BucketBatchSampler, PadCollator
 
     linear = head_linear(model)
-    captured: dict[int, torch.Tensor] = {}
+    captured: list[torch.Tensor] = []
     order: list[int] = []
 
     def keep_input(module, args):
-        captured[len(captured)] = args[0].detach().float().cpu()
+        captured.append(args[0].detach().float().cpu())
 
     handle = linear.register_forward_pre_hook(keep_input)
     was_training = model.training
@@ -79,15 +79,14 @@ def head_features(model: nn.Module, dataset, batch_size: int, precision: str = "
             mask = batch["attention_mask"].to(device)
             with _autocast(device, precision):
                 model(input_ids=batch["input_ids"].to(device), attention_mask=None if bool(mask.all()) else mask)
-            last = len(captured) - 1
-            if captured[last].dim() == 3:  # decoder heads score every position and read the last real token
-                captured[last] = captured[last][torch.arange(len(batch_idx)), batch["attention_mask"].sum(1) - 1]
+            if captured[-1].dim() == 3:  # decoder heads score every position and read the last real token
+                captured[-1] = captured[-1][torch.arange(len(batch_idx)), batch["attention_mask"].sum(1) - 1]
             order += batch_idx
     finally:
         handle.remove()
         model.train(was_training)
         reset_ssm_state(model)  # 'carry' mode: these forwards must not leave a state behind
-    feats = torch.cat([captured[i] for i in range(len(captured))])
+    feats = torch.cat(captured)
     out = torch.empty_like(feats)
     out[torch.as_tensor(order)] = feats
     return out
@@ -135,7 +134,7 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_labels: i
     return torch.from_numpy(weight).float(), torch.from_numpy(bias).float(), summary
 
 
-def _load_cached(path: Path, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _load_cached(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -143,7 +142,7 @@ def _load_cached(path: Path, n: int) -> tuple[torch.Tensor, torch.Tensor] | None
         tensors = load_file(str(path))
     except (OSError, SafetensorError):
         return None  # missing or corrupt (an interrupted write cannot leave one: the file is renamed in place)
-    if len(tensors.get("labels", ())) != n:
+    if not {"features", "labels"} <= tensors.keys():
         return None
     return tensors["features"], tensors["labels"]
 
@@ -153,7 +152,7 @@ def init_head_from_probe(model: nn.Module, train, n_examples: int, seed: int, ba
                          write_cache: bool = True) -> dict:
     """Fit the head's last linear layer on frozen features of `n_examples` seeded training rows, in place.
 
-    `cache`: a .safetensors file of those features; read if it holds the same number of rows, else written
+    `cache`: a .safetensors file of those features; read if it holds the same rows' labels, else written
     (atomically) after extraction. Returns the fit's summary plus `probe_s` (seconds spent in this call) and
     `probe_cached` (whether the features came from the cache).
     """
@@ -162,8 +161,8 @@ def init_head_from_probe(model: nn.Module, train, n_examples: int, seed: int, ba
     rows = np.random.default_rng(seed).permutation(len(train))[:n]
     subset = train.select(sorted(rows.tolist()))
     labels = torch.as_tensor(subset["label"], dtype=torch.long)
-    cached = _load_cached(Path(cache), n) if cache else None
-    if cached is not None and torch.equal(cached[1], labels):
+    cached = _load_cached(Path(cache)) if cache else None
+    if cached is not None and torch.equal(cached[1], labels):  # the same rows in the same order
         features = cached[0]
     else:
         cached = None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,22 +18,13 @@ from ssmlora.sweep import Cell, SweepConfig, SweepError, check_devices
 from tiny_models import tiny_sweep_env
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("experiments_run")  # conftest: `from experiments_run import main`
 SIZES = {"n_train": 16, "n_validation": 4, "n_test": 12}
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     return tiny_sweep_env(tmp_path_factory.mktemp("ddp"), [64], **SIZES)
-
-
-@pytest.fixture(autouse=True)
-def _experiments_on_path(monkeypatch):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("experiments_run", ROOT / "experiments" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setitem(sys.modules, "experiments_run", module)
 
 
 def args(env, out, *extra) -> list[str]:

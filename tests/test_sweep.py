@@ -20,6 +20,7 @@ from ssmlora.sweep import Cell, SweepConfig
 from tiny_models import tiny_sweep_env
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("experiments_run")  # conftest: `from experiments_run import main`
 RUN = [sys.executable, str(ROOT / "experiments" / "run.py")]
 SIZES = {"n_train": 16, "n_validation": 4, "n_test": 8}
 
@@ -143,17 +144,6 @@ def test_cell_peak_memory_does_not_depend_on_earlier_cells(env, tmp_path):
     assert alone["status"] == big["status"] == after["status"] == "ok"
     assert big["peak_mem_mb"] > alone["peak_mem_mb"]
     assert abs(after["peak_mem_mb"] - alone["peak_mem_mb"]) < 0.05 * alone["peak_mem_mb"]
-
-
-@pytest.fixture(autouse=True)
-def _experiments_on_path(monkeypatch):
-    """`experiments/run.py` is a script, not a package: import it as `experiments_run` for in-process calls."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("experiments_run", ROOT / "experiments" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setitem(sys.modules, "experiments_run", module)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
