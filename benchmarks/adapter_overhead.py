@@ -14,6 +14,7 @@ our SSMLoRA, then the ratios SSMLoRA/LoRA, LoRA/PEFT and LoRA/frozen.
 
     python benchmarks/adapter_overhead.py                 # L = 512 1024 2048 4096
     python benchmarks/adapter_overhead.py --lengths 512 --rounds 3
+    python benchmarks/adapter_overhead.py --rounds 5 --warmup 1 --write-docs   # also into docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -30,7 +32,10 @@ import torch
 from transformers import AutoModelForSequenceClassification, LlamaConfig
 
 from ssmlora import AdapterConfig, inject_adapters
-from ssmlora.profilers import _vm_hwm_mb, reset_cpu_peak
+from ssmlora.lab.profilers import _vm_hwm_mb, reset_cpu_peak
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from docs_section import write_docs_section  # noqa: E402
 
 METHODS = ("frozen", "lora", "peft-lora", "ssmlora")
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -125,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per method and length")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method and length")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--write-docs", action="store_true",
+                        help="also write the result into docs/benchmarks.md (section adapter_overhead)")
     parser.add_argument("--memory-cell", nargs=2, metavar=("METHOD", "L"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -132,34 +139,51 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(memory_cell(args.memory_cell[0], int(args.memory_cell[1]))))
         return 0
 
-    print(f"torch {torch.__version__}, {args.threads} threads, small Llama (4 layers, hidden 512), batch 1, "
-          f"r={R}, fp32, sdpa; median of {args.rounds} interleaved steps after {args.warmup} warm-up")
+    lines: list[str] = []
+
+    def emit(text: str) -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    emit(f"torch {torch.__version__}, {args.threads} threads, small Llama (4 layers, hidden 512), batch 1, "
+         f"r={R}, fp32, sdpa; median of {args.rounds} interleaved steps after {args.warmup} warm-up")
     header = ("L", "method", "step s", "step MiB", "proc MiB")
-    print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    emit("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     summary = []
     for max_len in args.lengths:
         seconds = time_length(max_len, args.rounds, args.warmup)
         memory = {m: measure_memory(m, max_len) for m in METHODS}
         for m in METHODS:
-            print(f"| {max_len} | {m} | {seconds[m]:.3f} | {memory[m]['step_mb']:.0f} | {memory[m]['process_peak_mb']:.0f} |")
+            emit(f"| {max_len} | {m} | {seconds[m]:.3f} | {memory[m]['step_mb']:.0f} | {memory[m]['process_peak_mb']:.0f} |")
         summary.append((max_len, seconds, memory))
-    print("\nRatios (time = median step time; memory = step MiB):")
-    print("| L | SSMLoRA/LoRA time | SSMLoRA/LoRA mem | LoRA/PEFT time | LoRA/PEFT mem | LoRA/frozen time | LoRA/frozen mem |")
-    print("|---|---|---|---|---|---|---|")
+    emit("\nRatios (time = median step time; memory = step MiB):\n")
+    emit("| L | SSMLoRA/LoRA time | SSMLoRA/LoRA mem | LoRA/PEFT time | LoRA/PEFT mem | LoRA/frozen time | LoRA/frozen mem |")
+    emit("|---|---|---|---|---|---|---|")
     for max_len, s, mem in summary:
         ratio = lambda a, b, d: d[a] / d[b]  # noqa: E731
         step = {m: mem[m]["step_mb"] for m in METHODS}
-        print(f"| {max_len} | {ratio('ssmlora', 'lora', s):.3f} | {ratio('ssmlora', 'lora', step):.3f} | "
-              f"{ratio('lora', 'peft-lora', s):.3f} | {ratio('lora', 'peft-lora', step):.3f} | "
-              f"{ratio('lora', 'frozen', s):.3f} | {ratio('lora', 'frozen', step):.3f} |")
+        emit(f"| {max_len} | {ratio('ssmlora', 'lora', s):.3f} | {ratio('ssmlora', 'lora', step):.3f} | "
+             f"{ratio('lora', 'peft-lora', s):.3f} | {ratio('lora', 'peft-lora', step):.3f} | "
+             f"{ratio('lora', 'frozen', s):.3f} | {ratio('lora', 'frozen', step):.3f} |")
     max_len, s, mem = summary[-1]
     checks = [
         ("SSMLoRA/LoRA time <= 1.10", s["ssmlora"] / s["lora"] <= 1.10),
         ("SSMLoRA/LoRA memory <= 1.05", mem["ssmlora"]["step_mb"] / mem["lora"]["step_mb"] <= 1.05),
         ("LoRA/PEFT time <= 1.00", s["lora"] / s["peft-lora"] <= 1.00),
     ]
-    print(f"\nTargets at L={max_len}: " + "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in checks))
+    emit(f"\nTargets at L={max_len}: " + "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in checks))
+    if args.write_docs:
+        machine = f"{_cpu_name()}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}"
+        print(f"wrote {write_docs_section('adapter_overhead', chr(10).join(lines), machine)}")
     return 0
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

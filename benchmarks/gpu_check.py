@@ -12,11 +12,12 @@ steps, then `--steps` timed steps (CUDA-synchronised). Per cell:
 - tok/s: training tokens per second over the timed steps;
 - MFU: FLOPs of one step (torch.utils.flop_counter, counted on an untimed step under sdpa, and reused for
   flash_attention_2, whose custom kernel the counter cannot see; the maths is the same) / step time / the
-  device's dense bf16 peak (ssmlora.profilers.peak_flops).
+  device's dense bf16 peak (ssmlora.lab.profilers.peak_flops).
 A cell that runs out of memory prints "oom" and the check goes on; cells past the time budget are skipped.
 
     python benchmarks/gpu_check.py                       # the full check
     python benchmarks/gpu_check.py --lengths 1024 --steps 2  # a quick look
+    python benchmarks/gpu_check.py --write-docs          # also as a table into docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import statistics
 import sys
 import time
@@ -32,7 +34,10 @@ import torch
 from transformers import AutoModelForSequenceClassification, LlamaConfig
 
 from ssmlora import AdapterConfig, inject_adapters
-from ssmlora.profilers import flop_counter, peak_flops
+from ssmlora.lab.profilers import flop_counter, peak_flops
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from docs_section import write_docs_section  # noqa: E402
 
 TOKENS_PER_STEP = 16384
 
@@ -102,6 +107,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed optimizer steps per cell")
     p.add_argument("--budget-s", type=float, default=420, help="skip the cells left after this many seconds")
     p.add_argument("--json", default=None, help="also write every cell as JSON lines here")
+    p.add_argument("--write-docs", action="store_true",
+                   help="also write the result as a table into docs/benchmarks.md (section gpu_check)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: no CUDA GPU: this check needs one", file=sys.stderr)
@@ -111,7 +118,7 @@ def main(argv=None) -> int:
         print("flash_attn is not importable: sdpa only")
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, "
           f"peak bf16 {peak_flops(torch.device('cuda', 0)) or 0:.3g} FLOP/s")
-    start, flops_cache, rows = time.perf_counter(), {}, []
+    start, flops_cache, rows, missing = time.perf_counter(), {}, [], []
     header = f"{'attn':<18}{'method':<9}{'L':>6}{'batch':>6}{'peak_GiB':>10}{'tok/s':>10}{'step_s':>8}{'MFU':>7}"
     print(header)
     for attn in attns:  # sdpa first: it fills the FLOP counts flash_attention_2 reuses
@@ -119,15 +126,18 @@ def main(argv=None) -> int:
             for method in args.methods:
                 if time.perf_counter() - start > args.budget_s:
                     print(f"{attn:<18}{method:<9}{length:>6}  skipped (time budget)")
+                    missing.append((attn, method, length, "skipped (time budget)"))
                     continue
                 try:
                     r = run_cell(method, length, attn, args.steps, flops_cache)
                 except torch.OutOfMemoryError:
                     torch.cuda.empty_cache()
                     print(f"{attn:<18}{method:<9}{length:>6}  oom")
+                    missing.append((attn, method, length, "oom"))
                     continue
                 except Exception as err:  # noqa: BLE001 - one broken cell must not hide the rest
                     print(f"{attn:<18}{method:<9}{length:>6}  failed: {type(err).__name__}: {str(err)[:120]}")
+                    missing.append((attn, method, length, f"failed: {type(err).__name__}"))
                     continue
                 rows.append(r)
                 mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
@@ -137,6 +147,16 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in rows)
+    if args.write_docs:
+        table = ["| attn | method | L | batch | peak GiB | tokens/s | step s | MFU |", "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+            table.append(f"| {r['attn']} | {r['method']} | {r['L']} | {r['batch']} | {r['peak_GiB']:.2f} | "
+                         f"{r['tok_per_s']:.0f} | {r['step_s']:.3f} | {mfu} |")
+        table += [f"| {attn} | {method} | {length} | {note} | | | | |" for attn, method, length, note in missing]
+        machine = (f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, "
+                   f"attention {' and '.join(attns)}, total {time.perf_counter() - start:.0f} s")
+        print(f"wrote {write_docs_section('gpu_check', chr(10).join(table), machine)}")
     return 0
 
 

@@ -12,9 +12,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from ssmlora.backbone import DEFAULT_MODEL, resolve_model_path
-
 from .config import HEAD_SHARE, MAX_EXTENDED_LEN, MIN_LEN
+from .models import DEFAULT_MODEL, resolve_model_path
 
 _LOADED: dict[str, PreTrainedTokenizerBase] = {}
 

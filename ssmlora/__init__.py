@@ -1,5 +1,13 @@
 """ssmlora: LoRA and SSMLoRA (arXiv 2502.04958) adapters and a long-context experiment suite.
 
+Layers, from the ground up (each imports only those before it):
+- `data_prep` (a separate package): the long-document tasks;
+- `ssmlora` itself, the adapter library: config, methods (the registry), lora, ssm, arch, inject,
+  serialization, params; torch and transformers only;
+- `ssmlora.lab`: the Lightning side: backbone loading, data module, LightningModule, profilers, probe, one cell;
+- `ssmlora.sweep`: the sweep: its config tree, validation, cell processes, orchestration, CLI;
+- `experiments/run.py` and `plots/` (which reads only the results contract, `ssmlora.results`).
+
 The public names load lazily, so light modules (`ssmlora.results`, used by `plots`) import without torch.
 """
 
@@ -9,6 +17,10 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "AdapterConfig": "ssmlora.config",
+    "Method": "ssmlora.methods",
+    "get_method": "ssmlora.methods",
+    "method_names": "ssmlora.methods",
+    "register_method": "ssmlora.methods",
     "LoRALinear": "ssmlora.lora",
     "SSMLoRALinear": "ssmlora.ssm",
     "SSMStateBus": "ssmlora.ssm",

@@ -1,7 +1,8 @@
-"""Where adapters go: module names per architecture family and the insertion schemes of SPEC.md §1.
+"""Where adapters go: module names per architecture family, mapped to roles.
 
 Every adaptable projection is given a *role* (q, k, v, o, ffn-in, ffn-gate, ffn-out, head). Insertion schemes
-and SSMLoRA's state chains are defined on roles, so they read the same for every family.
+(each method's `in_scheme`, ssmlora.methods) and SSMLoRA's state chains are defined on roles, so they read the
+same for every family.
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ def find_head(model: nn.Module, family: Family) -> tuple[str, str]:
     )
 
 
-def select_sites(model: nn.Module, family: Family, method: str, targets, layers) -> list[Site]:
-    """The adapter sites of a scheme, in forward (depth) order."""
+def select_sites(model: nn.Module, family: Family, method, targets, layers) -> list[Site]:
+    """The adapter sites of `method` (a registered `Method`) under `targets`, in forward (depth) order."""
     n = num_layers(model)
     if layers is not None:
         bad = [i for i in layers if not 0 <= i < n]
@@ -111,6 +112,11 @@ def select_sites(model: nn.Module, family: Family, method: str, targets, layers)
                 f"{list(ROLES)} or the module names {sorted(family.roles)}"
             )
 
+    def wanted(role: str, rel: str | None, layer: int | None) -> bool:
+        if explicit is not None:
+            return role in explicit or (rel is not None and any(_names(rel, t) for t in explicit))
+        return method.in_scheme(role, layer, targets)
+
     sites = []
     for name, module in model.named_modules():
         match = _LAYER_RE.match(name)
@@ -118,35 +124,16 @@ def select_sites(model: nn.Module, family: Family, method: str, targets, layers)
             continue
         layer, rel = int(match["idx"]), match["rel"]
         role = family.roles[rel]
-        if layer in wanted_layers and _in_scheme(role, rel, layer, method, targets, explicit, family):
+        if layer in wanted_layers and wanted(role, rel, layer):
             sites.append(Site(name, role, layer))
-    wants_head = (explicit is not None and "head" in explicit) or (method == "ssmlora" and targets == "all")
-    if wants_head:
+    if wanted("head", None, None):
         sites.append(Site(find_head(model, family)[1], "head", None))
     if not sites:
         raise ValueError(
-            f"{method} with targets={targets!r}, layers={layers!r} adapts nothing in {model.config.model_type!r}; "
-            f"its projection modules are {sorted(set(_relative_names(model)))}"
+            f"{method.name} with targets={targets!r}, layers={layers!r} adapts nothing in "
+            f"{model.config.model_type!r}; its projection modules are {sorted(set(_relative_names(model)))}"
         )
     return sites
-
-
-def _in_scheme(role, rel, layer, method, targets, explicit, family) -> bool:
-    if explicit is not None:
-        return role in explicit or any(_names(rel, t) for t in explicit)
-    if targets == "qv":
-        roles = {"q", "v"}
-    else:  # "all"
-        roles = {"q", "k", "v", "o", "ffn-in", "ffn-gate", "ffn-out"}
-        if method == "ssmlora":
-            roles.discard("k")
-    if role not in roles:
-        return False
-    if method == "ssmlora" and role in ("q", "v"):
-        # The paper's sparse scheme alternates q (even layers) and v (odd layers). A fused qkv projection
-        # counts as q, so GPT-2 gets c_attn on even layers only.
-        return layer % 2 == (0 if role == "q" else 1)
-    return True
 
 
 def _names(rel: str, target: str) -> bool:

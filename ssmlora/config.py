@@ -1,84 +1,117 @@
 """`AdapterConfig`: the single source of every adapter hyperparameter.
 
 It is saved beside the adapter weights (`adapter_config.json`), so a checkpoint always says how it was made.
+Each field's allowed values sit in its metadata (`choices`, `gt`, `ge`, `lt`, `le`) beside its default and help;
+`check_fields` enforces them, here and for the experiment's own configs, so a rule is written once.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-METHODS = ("lora", "ssmlora", "frozen")
+from ssmlora.methods import get_method
+
 SSM_MODES = ("depth", "carry", "scan")
 SCALES = ("alpha/r", "alpha")
 TARGET_SCHEMES = ("all", "qv")
 
 
+class ConfigValueError(ValueError):
+    """A setting outside its allowed values. `name`, `value` and `allowed` let a CLI name its own flag."""
+
+    def __init__(self, name: str, value, allowed: str) -> None:
+        self.name, self.value, self.allowed = name, value, allowed
+        super().__init__(f"{name} = {value!r} is not allowed: {allowed}")
+
+
+_BOUNDS = {"gt": (">", lambda v, b: v > b), "ge": (">=", lambda v, b: v >= b),
+           "lt": ("<", lambda v, b: v < b), "le": ("<=", lambda v, b: v <= b)}
+
+
+def check_value(name: str, value, rules) -> None:
+    """Check one value (each element of a list, each value of a dict) against a field's metadata rules."""
+    if value is None:
+        return
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        if "choices" in rules and item not in rules["choices"]:
+            raise ConfigValueError(name, item, f"choose one of {', '.join(map(str, rules['choices']))}")
+        bounds = [(sym, test, rules[key]) for key, (sym, test) in _BOUNDS.items() if key in rules]
+        if bounds:
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                raise ConfigValueError(name, item, "must be a number")
+            if rules.get("integer") and not float(item).is_integer():
+                raise ConfigValueError(name, item, "must be a whole number")
+            for sym, test, bound in bounds:
+                if not test(item, bound):
+                    allowed = " and ".join(f"{s} {b:g}" for s, _, b in bounds)
+                    raise ConfigValueError(name, item, f"must be {allowed}")
+
+
+def check_fields(config) -> None:
+    """Every field of a dataclass instance against the rules in its metadata. Raises ConfigValueError."""
+    for f in fields(config):
+        check_value(f.name, getattr(config, f.name), f.metadata)
+
+
 @dataclass
 class AdapterConfig:
-    """How to adapt a frozen `*ForSequenceClassification` model (see SPEC.md §1)."""
+    """How to adapt a frozen `*ForSequenceClassification` model (docs/adapters.md)."""
 
     method: str = field(
         default="lora",
-        metadata={"help": "lora | ssmlora | frozen (no adapters, only the classifier head trains: the cost floor)"},
+        metadata={"help": "a registered method (ssmlora.methods): lora | ssmlora | frozen (no adapters, only the "
+                  "classifier head trains: the cost floor)"},
     )
-    r: int = field(default=8, metadata={"help": "adapter rank (paper: 8; rank sweeps over 1, 2, 4, 8, 16)"})
-    alpha: float = field(default=16.0, metadata={"help": "scaling numerator (paper: 16)"})
+    r: int = field(default=8, metadata={"help": "adapter rank (paper: 8; rank sweeps over 1, 2, 4, 8, 16)",
+                                        "ge": 1, "integer": True})
+    alpha: float = field(default=16.0, metadata={"help": "scaling numerator (paper: 16)", "gt": 0})
     dropout: float = field(
-        default=0.1,
-        metadata={"help": "LoRA: dropout on the adapter input; SSMLoRA: dropout on the normalised state term"},
+        default=0.0,
+        metadata={"help": "LoRA: dropout on the adapter input; SSMLoRA: on the normalised state term (0, as PEFT's "
+                  "default; the paper used 0.1)", "ge": 0, "lt": 1},
     )
     targets: str | list[str] = field(
         default="all",
         metadata={
-            "help": "'all' = the method's insertion scheme (lora: q,k,v,o,FFN every layer; ssmlora: q even, "
-            "v odd, o and FFN every layer, plus the head); 'qv' = the paper's rank-sweep scheme; or an explicit "
-            "list of roles (q, k, v, o, ffn-in, ffn-gate, ffn-out, head) or module names (e.g. 'q_proj', "
-            "'query'), adapted on every selected layer"
+            "help": "all = the method's insertion scheme (lora: q,k,v,o,FFN every layer; ssmlora: q even, v odd, "
+            "o and FFN every layer, plus the head); qv = the paper's rank-sweep scheme; or a list of roles (q, k, "
+            "v, o, ffn-in, ffn-gate, ffn-out, head) or module names (e.g. q_proj, query) adapted on every layer"
         },
     )
     layers: list[int] | None = field(
-        default=None, metadata={"help": "layer indices to adapt (None = all layers); the head is not a layer"}
+        default=None, metadata={"help": "layer indices to adapt (default: all layers); the head is not a layer",
+                                "ge": 0, "integer": True}
     )
     ssm_mode: str = field(
         default="depth",
         metadata={
-            "help": "SSMLoRA time axis: depth (state flows through same-type adapters in depth order, reset "
-            "every forward; the paper's text) | carry (state kept across forward passes, as the released "
-            "code) | scan (recurrence over token positions; not implemented yet)"
+            "help": "SSMLoRA time axis: depth (state flows through same-type adapters in depth order, reset every "
+            "forward; the paper's text) | carry (state kept across forward passes, as the released code)",
+            "choices": ("depth", "carry"),
         },
     )
-    scale: str = field(
-        default="alpha/r", metadata={"help": "adapter output scale: alpha/r (LoRA convention) | alpha (released code)"}
-    )
+    scale: str = field(default="alpha/r", metadata={"help": "adapter output scale: alpha/r (LoRA convention) | "
+                                                            "alpha (released code)", "choices": SCALES})
     train_head: bool = field(default=True, metadata={"help": "train the classifier head fully (new, random weights)"})
-    eps: float = field(default=1e-6, metadata={"help": "SSMLoRA min-max normalisation epsilon"})
+    eps: float = field(default=1e-6, metadata={"help": "SSMLoRA min-max normalisation epsilon", "gt": 0})
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.ssm_mode not in SSM_MODES:
-            raise ValueError(f"unknown ssm_mode {self.ssm_mode!r}: choose one of {', '.join(SSM_MODES)}")
+        get_method(self.method)  # unknown names raise, listing the registered ones
         if self.ssm_mode == "scan":
-            raise ValueError("ssm_mode 'scan' is specified (SPEC.md §1) but not implemented yet: use depth or carry")
-        if self.scale not in SCALES:
-            raise ValueError(f"unknown scale {self.scale!r}: choose one of {', '.join(SCALES)}")
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
-            raise ValueError(f"rank r must be a positive integer, got {self.r!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+            raise ConfigValueError("ssm_mode", "scan", "not implemented yet: choose depth or carry")
         if isinstance(self.targets, str):
             if self.targets not in TARGET_SCHEMES:
-                raise ValueError(
-                    f"unknown targets {self.targets!r}: use 'all', 'qv', or a list of roles/module names"
-                )
+                raise ConfigValueError("targets", self.targets, "use all, qv, or a list of roles / module names")
         else:
             self.targets = list(self.targets)
             if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
-                raise ValueError(f"targets list must hold non-empty module names, got {self.targets!r}")
+                raise ConfigValueError("targets", self.targets, "a list must hold non-empty module names")
         if self.layers is not None:
             self.layers = [int(i) for i in self.layers]
             if not self.layers:
-                raise ValueError("layers=[] would adapt nothing: pass None for all layers or a list of indices")
+                raise ConfigValueError("layers", [], "an empty list adapts nothing: give None for all layers")
+        check_fields(self)
 
     @property
     def scaling(self) -> float:

@@ -4,39 +4,32 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ssmlora.arch import Site, family_of, find_head, num_layers, select_sites
+from ssmlora.arch import family_of, find_head, num_layers, select_sites
 from ssmlora.config import AdapterConfig
-from ssmlora.lora import AdapterLinear, LoRALinear
-from ssmlora.ssm import SSMLoRALinear, SSMStateBus
-
-BUS_NAME = "ssm_state"
+from ssmlora.lora import AdapterLinear
+from ssmlora.methods import BUS_NAME, adapter_param_names, get_method
+from ssmlora.ssm import SSMStateBus
 
 
 def inject_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """Freeze `model`, wrap the scheme's projections in `LoRALinear` / `SSMLoRALinear`, return it (in place).
 
-    The classifier head (new, random weights) trains fully when `config.train_head`. For `method="frozen"`
-    only the head trains: the cost floor of the sweep.
+    Which projections are wrapped, and in what, is the method's registry entry (ssmlora.methods). The
+    classifier head (new, random weights) trains fully when `config.train_head`; a method without a layer
+    (`frozen`) trains only the head: the cost floor of the sweep.
     """
     if getattr(model, "adapter_config", None) is not None:
         raise ValueError("this model already has adapters: build a fresh model (or load_adapters into one)")
+    method = get_method(config.method)
     family = family_of(model)
     head_path, _ = find_head(model, family)
-    sites = [] if config.method == "frozen" else select_sites(
-        model, family, config.method, config.targets, config.layers
-    )
+    sites = [] if method.layer is None else select_sites(model, family, method, config.targets, config.layers)
     for param in model.parameters():
         param.requires_grad_(False)
 
-    wrappers = [_wrap(model, site, config) for site in sites]
-    if config.method == "ssmlora":
-        keys = [_chain_key(site, config.ssm_mode) for site in sites]
-        bus = SSMStateBus(config.ssm_mode, keys)
-        model.add_module(BUS_NAME, bus)
-        seen: dict[str, int] = {}
-        for wrapper, key in zip(wrappers, keys):
-            wrapper.attach(bus, key, seen.get(key, 0))
-            seen[key] = seen.get(key, 0) + 1
+    wrappers = [_wrap(model, site, method, config) for site in sites]
+    if method.link is not None:
+        method.link(model, sites, wrappers, config)
 
     for name, param in model.named_parameters():
         if name.startswith(head_path + ".") and not _is_adapter_param(name):
@@ -47,29 +40,18 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     return model
 
 
-def _wrap(model: nn.Module, site: Site, config: AdapterConfig) -> AdapterLinear:
+def _wrap(model: nn.Module, site, method, config: AdapterConfig) -> AdapterLinear:
     parent_name, _, child = site.name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     base = getattr(parent, child)
-    if config.method == "lora":
-        wrapper = LoRALinear(base, config.r, config.scaling, config.dropout)
-    else:
-        wrapper = SSMLoRALinear(base, config.r, config.scaling, config.dropout, config.eps)
+    wrapper = method.wrap(base, config)
     wrapper.train(base.training)  # a new module defaults to train mode; follow the model's mode
     setattr(parent, child, wrapper)
     return wrapper
 
 
-def _chain_key(site: Site, mode: str) -> str:
-    # carry keys q, k and v per layer and shares one key per other role across layers, as the released code
-    if mode == "carry" and site.role in ("q", "k", "v"):
-        return f"{site.role}.{site.layer}"
-    return site.role
-
-
 def _is_adapter_param(name: str) -> bool:
-    leaf = name.rsplit(".", 1)[-1]
-    return leaf in LoRALinear.adapter_param_names + SSMLoRALinear.adapter_param_names
+    return name.rsplit(".", 1)[-1] in adapter_param_names()
 
 
 def adapter_modules(model: nn.Module) -> dict[str, AdapterLinear]:
@@ -90,7 +72,7 @@ def trainable_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Adapter, head, trainable and total parameter counts (SPEC.md §1: the head is reported separately)."""
+    """Adapter, head, trainable and total parameter counts (the head is reported separately, as in the paper)."""
     groups = trainable_groups(model)
     size = lambda kind: sum(p.numel() for _, p in groups[kind])  # noqa: E731
     return dict(
@@ -106,10 +88,10 @@ def merge_adapters(model: nn.Module) -> nn.Module:
     config = getattr(model, "adapter_config", None)
     if config is None:
         raise ValueError("this model has no adapters to merge")
-    if config.method == "ssmlora":
+    if not get_method(config.method).mergeable:
         raise ValueError(
-            "SSMLoRA cannot be merged into the base weights: its output depends on a state chain and a "
-            "per-token min-max normalisation, which are not linear in the input. Keep the adapters at inference"
+            f"{config.method} cannot be merged into the base weights: its output is not linear in the input "
+            "(SSMLoRA: a state chain and a per-token min-max normalisation). Keep the adapters at inference"
         )
     for name, wrapper in adapter_modules(model).items():
         parent_name, _, child = name.rpartition(".")

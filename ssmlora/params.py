@@ -13,22 +13,26 @@ import sys
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from ssmlora.backbone import resolve_model_path
+from data_prep.models import resolve_model_path
 from ssmlora.config import AdapterConfig
 from ssmlora.inject import count_parameters, inject_adapters
+from ssmlora.methods import method_names
 
 
 def parameter_table(model: str, targets: str = "all", r: int = 8, num_labels: int = 2,
-                    methods=("lora", "ssmlora", "frozen")) -> list[dict]:
-    """One dict per method: method + count_parameters of that method on `model` (meta device)."""
+                    methods=None) -> list[dict]:
+    """One dict per method (default: every registered one): method + count_parameters on `model` (meta device).
+    Raises ValueError with a one-line message for a model whose config cannot be read."""
     try:
         config = AutoConfig.from_pretrained(resolve_model_path(model), num_labels=num_labels)
+    except FileNotFoundError as err:
+        raise ValueError(str(err)) from None
     except (OSError, ValueError) as err:
-        raise SystemExit(f"error: cannot read a model config from {model!r}: {str(err).splitlines()[0]}") from None
+        raise ValueError(f"cannot read a model config from {model!r}: {str(err).splitlines()[0]}") from None
     if config.pad_token_id is None:  # decoder-only models need one for sequence classification
         config.pad_token_id = 0
     rows = []
-    for method in methods:
+    for method in methods or method_names():
         with torch.device("meta"):
             net = AutoModelForSequenceClassification.from_config(config)
         inject_adapters(net, AdapterConfig(method=method, r=r, targets=targets))

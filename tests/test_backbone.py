@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssmlora.backbone import (
+from ssmlora.lab.backbone import (
     BackboneError,
     check_backbone,
     default_model_dir,
@@ -55,8 +55,11 @@ def test_rotary_model_is_not_extended(tiny_llama):
 
 
 def test_unknown_model_is_one_clear_line(tmp_path):
-    with pytest.raises(BackboneError, match="unknown model") as err:
+    with pytest.raises(BackboneError, match="no such model folder") as err:
         check_backbone(str(tmp_path / "nowhere"), 512)
+    assert "\n" not in str(err.value)
+    with pytest.raises(BackboneError, match="unknown model 'no-such-org/no-such-model'") as err:
+        check_backbone("no-such-org/no-such-model", 512)  # a hub id, unreachable offline
     assert "\n" not in str(err.value)
 
 
@@ -80,6 +83,6 @@ def test_mean_pooling_ignores_padding(tiny_bert):
 
 
 def test_sentence_transformers_checkpoint_reads_out_by_mean():
-    from ssmlora.backbone import sentence_transformers_pooling
+    from ssmlora.lab.backbone import sentence_transformers_pooling
 
     assert sentence_transformers_pooling(str(default_model_dir())) == "mean"

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from ssmlora.backbone import save_tiny_backbone
-from ssmlora.sweep import Cell, SweepConfig, SweepError, check_devices
+from ssmlora.lab.backbone import save_tiny_backbone
+from ssmlora.sweep.config import SweepConfig
+from ssmlora.sweep.validate import SweepError, check_devices
 from tiny_models import tiny_sweep_env
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.usefixtures("experiments_run")  # conftest: `from experiments_run import main`
 SIZES = {"n_train": 16, "n_validation": 4, "n_test": 12}
 
 
@@ -35,9 +35,9 @@ def args(env, out, *extra) -> list[str]:
 
 
 def test_two_process_ddp_cell_matches_one_process_evaluation(env, tmp_path, capsys):
-    from experiments_run import main
+    from ssmlora.sweep.cli import main
 
-    from ssmlora.lit import evaluate_adapters
+    from ssmlora.lab.cell import evaluate_adapters
 
     argv = args(env, tmp_path, "--methods", "ssmlora", "--devices", "2", "--strategy", "ddp",
                 "--accelerator", "cpu")
@@ -48,8 +48,9 @@ def test_two_process_ddp_cell_matches_one_process_evaluation(env, tmp_path, caps
     row = rows[0]
     assert row["status"] == "ok" and row["devices"] == "2x1" and int(row["n_test"]) == 12
     config = json.loads((tmp_path / "s" / "config.json").read_text())
-    assert config["devices"] == 2 and config["strategy"] == "ddp"
-    assert config["effective_batch"]["64"] == int(row["effective_batch"]) == 4  # 256 tokens // 64, any world size
+    assert config["config"]["runtime"]["devices"] == 2 and config["config"]["runtime"]["strategy"] == "ddp"
+    plan = config["resolved"]["batch_plan"]["64"]
+    assert plan["effective_batch"] == int(row["effective_batch"]) == 4  # 256 tokens // 64, any world size
 
     cell_dir = tmp_path / "s" / "cells" / "ssmlora-L64-s0"
     result = json.loads((cell_dir / "result.json").read_text())
@@ -61,9 +62,9 @@ def test_two_process_ddp_cell_matches_one_process_evaluation(env, tmp_path, caps
     assert result["peak_mem_mb"] == max(r["peak_mem_mb"] for r in ranks)
     assert result["real_tokens_per_s"] == pytest.approx(sum(r["real_tokens"] / r["timed_s"] for r in ranks))
 
-    cfg = SweepConfig(model=str(env["bert"]), task="topic-mix", cache_dir=str(env["cache"]), max_steps=3,
-                      tokens_per_step=256, lr=5e-3, precision="32", threads=1, **SIZES)
-    alone = evaluate_adapters(cfg, Cell("ssmlora", 64, 0), cell_dir / "adapter")
+    cfg = SweepConfig.from_flat(model=str(env["bert"]), task="topic-mix", cache_dir=str(env["cache"]), max_steps=3,
+                                tokens_per_step=256, lr={"*": 5e-3}, precision="32", threads=1, **SIZES)
+    alone = evaluate_adapters(cfg.cell("ssmlora", 64, 0), cell_dir / "adapter")
     assert alone["n_test"] == 12  # every test example scored exactly once, in one process and over 2 ranks
     assert alone["accuracy"] == pytest.approx(float(row["accuracy"]), abs=1e-6)
     assert alone["macro_f1"] == pytest.approx(float(row["macro_f1"]), abs=1e-6)
@@ -72,15 +73,15 @@ def test_two_process_ddp_cell_matches_one_process_evaluation(env, tmp_path, caps
 @pytest.mark.parametrize("extra, message", [
     (["--devices", "4", "--accelerator", "gpu"], "no CUDA GPU"),
     (["--strategy", "ddp"], "needs more than one device in total"),
-    (["--strategy", "deepspeed_stage_9", "--devices", "2"], "unknown strategy 'deepspeed_stage_9'"),
+    (["--strategy", "deepspeed_stage_9", "--devices", "2"], "--strategy deepspeed_stage_9: choose one of auto, ddp, fsdp"),
     (["--accelerator", "gpu"], "no CUDA GPU"),
-    (["--accelerator", "tpu"], "unknown accelerator 'tpu'"),
+    (["--accelerator", "tpu"], "--accelerator tpu: choose one of auto, cpu, gpu"),
     (["--devices", "2", "--strategy", "ddp", "--in-process"], "needs an external launcher"),
     (["--devices", "2", "--num-nodes", "2", "--strategy", "ddp"], "needs MASTER_ADDR"),
     (["--devices", "2", "--strategy", "fsdp"], "fsdp runs on GPUs only"),
 ])
 def test_bad_device_input_is_one_clear_line_before_training(env, tmp_path, capsys, monkeypatch, extra, message):
-    from experiments_run import main
+    from ssmlora.sweep.cli import main
 
     for var in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS"):
         monkeypatch.delenv(var, raising=False)
@@ -97,16 +98,16 @@ def test_too_many_gpus_and_launcher_mismatch(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(SweepError, match="has 2 GPU"):
-        check_devices(SweepConfig(accelerator="gpu", devices=4, strategy="ddp"))
-    check_devices(SweepConfig(accelerator="gpu", devices=2, strategy="ddp"))  # fits
+        check_devices(SweepConfig.from_flat(accelerator="gpu", devices=4, strategy="ddp"))
+    check_devices(SweepConfig.from_flat(accelerator="gpu", devices=2, strategy="ddp"))  # fits
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
     monkeypatch.setenv("WORLD_SIZE", "4")
     with pytest.raises(SweepError, match="torchrun started 4 process"):
-        check_devices(SweepConfig(accelerator="gpu", devices=2, strategy="ddp"), in_process=True)
+        check_devices(SweepConfig.from_flat(accelerator="gpu", devices=2, strategy="ddp"), in_process=True)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    check_devices(SweepConfig(accelerator="gpu", devices=2, strategy="ddp"), in_process=True)
+    check_devices(SweepConfig.from_flat(accelerator="gpu", devices=2, strategy="ddp"), in_process=True)
     with pytest.raises(SweepError, match="add --in-process"):
-        check_devices(SweepConfig(accelerator="gpu", devices=2, strategy="ddp"))
+        check_devices(SweepConfig.from_flat(accelerator="gpu", devices=2, strategy="ddp"))
 
 
 def test_more_cpu_processes_than_cores_only_warns(monkeypatch):
@@ -114,27 +115,27 @@ def test_more_cpu_processes_than_cores_only_warns(monkeypatch):
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     warnings = []
-    check_devices(SweepConfig(accelerator="cpu", devices=4, strategy="ddp"), warn=warnings.append)
+    check_devices(SweepConfig.from_flat(accelerator="cpu", devices=4, strategy="ddp"), warn=warnings.append)
     assert len(warnings) == 1 and "4 CPU processes on 2 core" in warnings[0]
 
 
 def test_ddp_keeps_carry_state_per_rank():
     from lightning.pytorch.strategies import DDPStrategy
 
-    from ssmlora.lit import make_strategy
+    from ssmlora.lab.cell import make_strategy
 
-    strategy = make_strategy(SweepConfig(devices=2, strategy="ddp"))
+    strategy = make_strategy(SweepConfig.from_flat(devices=2, strategy="ddp").runtime)
     assert isinstance(strategy, DDPStrategy) and strategy._ddp_kwargs["broadcast_buffers"] is False
-    assert make_strategy(SweepConfig(devices=2, strategy="auto")).__class__ is DDPStrategy
-    assert make_strategy(SweepConfig(devices=1)) == "auto"
+    assert make_strategy(SweepConfig.from_flat(devices=2, strategy="auto").runtime).__class__ is DDPStrategy
+    assert make_strategy(SweepConfig.from_flat(devices=1).runtime) == "auto"
 
 
 def test_fsdp_strategy_keeps_original_parameters_for_frozen_plus_adapter_layers():
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from ssmlora.lit import make_strategy
+    from ssmlora.lab.cell import make_strategy
 
-    strategy = make_strategy(SweepConfig(devices=2, strategy="fsdp", accelerator="gpu"))
+    strategy = make_strategy(SweepConfig.from_flat(devices=2, strategy="fsdp", accelerator="gpu").runtime)
     assert isinstance(strategy, FSDPStrategy) and strategy.kwargs["use_orig_params"] is True
 
 
@@ -156,7 +157,7 @@ def test_adapters_wrap_rather_than_replace_base_linears():
 
 
 def test_failed_ddp_cell_is_recorded_without_hanging(env, tmp_path):
-    from experiments_run import main
+    from ssmlora.sweep.cli import main
 
     broken = save_tiny_backbone(tmp_path / "broken", "bert", max_positions=64)
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")

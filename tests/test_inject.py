@@ -24,7 +24,7 @@ def ssm(i, o):
 
 
 HEAD = ssm(H, LABELS)  # the sparse scheme's adapter on the classifier head
-# Hand arithmetic of SPEC.md §1's schemes on the tiny configs (H=32, FFN=64, 4 layers, 3 labels, r=4).
+# Hand arithmetic of the insertion schemes (docs/adapters.md) on the tiny configs (H=32, FFN=64, 4 layers, 3 labels, r=4).
 EXPECTED = {
     ("llama", "lora", "all"): N * (4 * lora(H, H) + 3 * lora(H, F)),
     ("llama", "ssmlora", "all"): N * (ssm(H, H) + ssm(H, H) + 3 * ssm(H, F)) + HEAD,
@@ -120,12 +120,16 @@ def test_load_rejects_a_missing_checkpoint(tmp_path):
     "kwargs, message",
     [
         (dict(method="dora"), "unknown method 'dora': choose one of lora, ssmlora, frozen"),
-        (dict(ssm_mode="time"), "unknown ssm_mode 'time'"),
-        (dict(targets="qkv"), "unknown targets 'qkv'"),
-        (dict(r=0), "rank r must be a positive integer, got 0"),
-        (dict(r=-2), "rank r must be a positive integer"),
-        (dict(scale="sqrt"), "unknown scale 'sqrt'"),
-        (dict(layers=[]), "layers=\\[\\] would adapt nothing"),
+        (dict(ssm_mode="time"), "ssm_mode = 'time' is not allowed: choose one of depth, carry"),
+        (dict(ssm_mode="scan"), "ssm_mode = 'scan' is not allowed: not implemented yet"),
+        (dict(targets="qkv"), "targets = 'qkv' is not allowed"),
+        (dict(r=0), "r = 0 is not allowed: must be >= 1"),
+        (dict(r=-2), "r = -2 is not allowed: must be >= 1"),
+        (dict(r=2.5), "r = 2.5 is not allowed: must be a whole number"),
+        (dict(alpha=-1), "alpha = -1 is not allowed: must be > 0"),
+        (dict(dropout=1.0), "dropout = 1.0 is not allowed: must be >= 0 and < 1"),
+        (dict(scale="sqrt"), "scale = 'sqrt' is not allowed: choose one of alpha/r, alpha"),
+        (dict(layers=[]), "layers = \\[\\] is not allowed: an empty list adapts nothing"),
     ],
 )
 def test_bad_config_is_a_value_error(kwargs, message):
@@ -168,5 +172,6 @@ def test_params_cli_reads_only_a_config(tmp_path):
 def test_params_cli_bad_model_is_one_clear_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "ssmlora.params", "--model", str(tmp_path / "nope")],
                          capture_output=True, text=True)
-    assert out.returncode != 0
-    assert "cannot read a model config" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: no such model folder") and out.stderr.count("\n") == 1
+    assert "Traceback" not in out.stderr

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from ssmlora.backbone import save_tiny_backbone
-from ssmlora.datamodule import BucketBatchSampler, PadCollator
-from ssmlora.lit import warmup_decay
-from ssmlora.sweep import Cell, SweepConfig
+from ssmlora.lab.backbone import save_tiny_backbone
+from ssmlora.lab.data import BucketBatchSampler, PadCollator
+from ssmlora.lab.module import warmup_decay
+from ssmlora.sweep.config import SweepConfig
 
 
 def fake_task(max_len: int, sizes=(48, 12, 20), n_labels: int = 3, seed: int = 0) -> datasets.DatasetDict:
@@ -68,14 +68,13 @@ def test_schedule_warms_up_then_decays_to_zero():
 
 
 def _run_tiny_cell(tiny_bert, tmp_path, monkeypatch, **overrides):
-    import ssmlora.datamodule
+    from ssmlora.lab.cell import run_cell
 
-    from ssmlora.lit import run_cell
-
-    monkeypatch.setattr(ssmlora.datamodule, "build_splits", lambda cfg: fake_task(cfg.max_len))
-    monkeypatch.setattr("data_prep.majority_rate", lambda split: 0.4, raising=False)
-    cfg = SweepConfig(model=str(tiny_bert), lengths=[64], max_steps=6, tokens_per_step=256, lr=5e-3, **overrides)
-    return run_cell(cfg, Cell("ssmlora", 64, 0), tmp_path)
+    monkeypatch.setattr("ssmlora.lab.cell.build_splits", lambda cfg, max_len, tokenizer, seed: fake_task(max_len))
+    monkeypatch.setattr("ssmlora.lab.cell.majority_rate", lambda split: 0.4)
+    cfg = SweepConfig.from_flat(model=str(tiny_bert), lengths=[64], max_steps=6, tokens_per_step=256,
+                                lr={"*": 5e-3}, **overrides)
+    return run_cell(cfg.cell("ssmlora", 64, 0), tmp_path)
 
 
 def test_same_seed_same_accuracy_on_cpu(tiny_bert, tmp_path, monkeypatch):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ssmlora import AdapterConfig, inject_adapters
-from ssmlora.backbone import load_backbone, save_tiny_backbone
-from ssmlora.probe import fit_linear_probe, head_features, head_linear, init_head_from_probe
+from ssmlora.lab.backbone import load_backbone, save_tiny_backbone
+from ssmlora.lab.probe import fit_linear_probe, head_features, head_linear, init_head_from_probe
 from test_lightning import fake_task
 from tiny_models import tiny_model
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from ssmlora.datamodule import BucketBatchSampler, PadCollator
-from ssmlora.profilers import (
+from ssmlora.lab.data import BucketBatchSampler, PadCollator
+from ssmlora.lab.profilers import (
     PeakMemoryCallback,
     ThroughputCallback,
     _vm_hwm_mb,

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from ssmlora.backbone import save_tiny_backbone
-from ssmlora.results import COLUMN_NAMES
-from ssmlora.launch import run_cell_in_process
-from ssmlora.sweep import Cell, SweepConfig
+from ssmlora.lab.backbone import save_tiny_backbone
+from ssmlora.results import COLUMN_NAMES, SCHEMA_VERSION
+from ssmlora.sweep.launch import run_cell_in_process
+from ssmlora.sweep.config import SweepConfig
 from tiny_models import tiny_sweep_env
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.usefixtures("experiments_run")  # conftest: `from experiments_run import main`
 RUN = [sys.executable, str(ROOT / "experiments" / "run.py")]
 SIZES = {"n_train": 16, "n_validation": 4, "n_test": 8}
 
@@ -58,7 +57,7 @@ def test_sweep_survives_sigkill_and_resumes(env):
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("skipped") == len(kept)
-    assert "cell 4/4: ssmlora L=128 seed 0" in done.stdout
+    assert "[4/4] ssmlora L=128 seed 0: ok" in done.stdout
     rows = rows_of(results)
     assert list(rows[0]) == COLUMN_NAMES and len(rows) == 4
     assert {(r["method"], r["max_len"]) for r in rows} == {(m, L) for m in ("lora", "ssmlora") for L in ("64", "128")}
@@ -67,17 +66,19 @@ def test_sweep_survives_sigkill_and_resumes(env):
         assert float(r["padded_tokens_per_s"]) >= float(r["real_tokens_per_s"]) > 0
         assert r["attn_impl"] == "sdpa" and int(r["n_test"]) == 8 and float(r["peak_mem_mb"]) > 0
     config = json.loads((out / "s" / "config.json").read_text())
-    for key in ("schema_version", "name", "task", "model", "methods", "ssm_mode", "lengths", "seeds", "precision",
-                "accelerator", "devices", "num_nodes", "strategy", "max_steps", "effective_batch", "lr", "adapter",
-                "environment"):
+    for key in ("schema_version", "name", "task", "model", "methods", "lengths", "seeds", "config", "resolved",
+                "identity", "environment"):
         assert key in config
-    assert config["lengths"] == [64, 128] and set(config["adapter"]) >= {"r", "alpha", "dropout", "targets", "scale"}
+    assert set(config["config"]) == {"model", "adapter", "optim", "data", "runtime"}
+    assert config["lengths"] == [64, 128] and set(config["config"]["adapter"]) >= {"r", "alpha", "dropout", "targets",
+                                                                                 "scale", "ssm_mode"}
+    assert config["resolved"]["device"] == "cpu" and config["resolved"]["lr"] == {"lora": 5e-3, "ssmlora": 5e-3}
     assert {"python", "torch", "transformers", "lightning", "platform", "device_name", "cpu_count"} <= set(
         config["environment"])
 
 
 def test_failed_cells_are_recorded_and_exit_nonzero(env, tmp_path, capsys):
-    from experiments_run import main
+    from ssmlora.sweep.cli import main
 
     broken = save_tiny_backbone(tmp_path / "broken", "bert", max_positions=64)
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
@@ -102,8 +103,10 @@ def _bad(env, tmp_path, case) -> list[str]:
         return tiny_args(env, tmp_path / "file" / "sub")
     if case == "config":
         (tmp_path / "s").mkdir()
-        other = SweepConfig(model=str(env["bert"]), max_steps=2, tokens_per_step=256, lr=0.5, **SIZES)
-        (tmp_path / "s" / "config.json").write_text(json.dumps({"identity": other.identity()}))
+        other = SweepConfig.from_flat(model=str(env["bert"]), max_steps=2, tokens_per_step=256, lr={"*": 0.5},
+                                      **SIZES)
+        (tmp_path / "s" / "config.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION,
+                                                                "identity": other.identity()}))
         return tiny_args(env, tmp_path)
     if case == "results":
         (tmp_path / "s").mkdir()
@@ -114,14 +117,14 @@ def _bad(env, tmp_path, case) -> list[str]:
 
 @pytest.mark.parametrize("case, message", [
     ("task", "unknown task 'no-such-task'"),
-    ("model", "unknown model"),
+    ("model", "no such model folder"),
     ("length", "beyond what"),
     ("out", "cannot write to the output folder"),
-    ("config", "different configuration (differs in: lr)"),
+    ("config", "different configuration (differs in: --lr)"),
     ("results", "lacks columns"),
 ])
 def test_bad_input_is_one_clear_line_before_training(env, tmp_path, capsys, case, message):
-    from experiments_run import main
+    from ssmlora.sweep.cli import main
 
     argv = _bad(env, tmp_path, case)
     before = (tmp_path / "s" / "results.csv").read_text() if case == "results" else None
@@ -135,12 +138,12 @@ def test_bad_input_is_one_clear_line_before_training(env, tmp_path, capsys, case
 
 
 def test_cell_peak_memory_does_not_depend_on_earlier_cells(env, tmp_path):
-    cfg = SweepConfig(model=str(env["bert"]), task="topic-mix", cache_dir=str(env["cache"]), max_steps=2,
-                      tokens_per_step=4096, micro_tokens=4096, lr=5e-3, **SIZES)
-    small, large = Cell("lora", 64, 0), Cell("lora", 256, 0)
-    alone = run_cell_in_process(cfg, small, tmp_path / "alone")
-    big = run_cell_in_process(cfg, large, tmp_path / "big")
-    after = run_cell_in_process(cfg, small, tmp_path / "after")
+    cfg = SweepConfig.from_flat(model=str(env["bert"]), task="topic-mix", cache_dir=str(env["cache"]), max_steps=2,
+                                tokens_per_step=4096, micro_tokens=4096, lr={"*": 5e-3}, **SIZES)
+    small, large = cfg.cell("lora", 64, 0), cfg.cell("lora", 256, 0)
+    alone = run_cell_in_process(small, tmp_path / "alone")
+    big = run_cell_in_process(large, tmp_path / "big")
+    after = run_cell_in_process(small, tmp_path / "after")
     assert alone["status"] == big["status"] == after["status"] == "ok"
     assert big["peak_mem_mb"] > alone["peak_mem_mb"]
     assert abs(after["peak_mem_mb"] - alone["peak_mem_mb"]) < 0.05 * alone["peak_mem_mb"]

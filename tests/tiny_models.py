@@ -52,7 +52,7 @@ def tiny_sweep_env(base, lengths, **sizes) -> dict:
     """A tiny BERT (64 native positions) saved with the MiniLM tokenizer, and topic-mix pre-built at `lengths`
     with `sizes` (n_train, n_validation, n_test), so every sweep cell process only loads the data."""
     from data_prep import build_task
-    from ssmlora.backbone import save_tiny_backbone
+    from ssmlora.lab.backbone import save_tiny_backbone
 
     bert = save_tiny_backbone(base / "bert", "bert", max_positions=64)
     cache = base / "data"

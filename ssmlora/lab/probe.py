@@ -24,14 +24,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
 from ssmlora.arch import family_of, find_head
+from ssmlora.inject import reset_ssm_state
+from ssmlora.lab.data import BucketBatchSampler, PadCollator
+from ssmlora.lora import AdapterLinear
 
 
 def head_linear(model: nn.Module) -> nn.Linear:
     """The last linear layer of the classification head (the one the probe fits); inside an adapter wrapper
     when the scheme adapts the head (SSMLoRA's default), its frozen-at-init base projection."""
-    from ssmlora.lora import AdapterLinear
-
     modules = dict(model.named_modules())
     for path in family_of(model).heads:
         module = modules.get(path)
@@ -56,9 +60,6 @@ def head_features(model: nn.Module, dataset, batch_size: int, precision: str = "
     Decoder classifiers (Llama, GPT-2) apply the head at every position and keep the last real token's logits,
     so their features are the head inputs at that token.
     """
-    from ssmlora import reset_ssm_state
-    from ssmlora.datamodule import BucketBatchSampler, PadCollator
-
     linear = head_linear(model)
     captured: list[torch.Tensor] = []
     order: list[int] = []
@@ -135,9 +136,6 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_labels: i
 
 
 def _load_cached(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         tensors = load_file(str(path))
     except (OSError, SafetensorError):
@@ -168,8 +166,6 @@ def init_head_from_probe(model: nn.Module, train, n_examples: int, seed: int, ba
         cached = None
         features = head_features(model, subset, batch_size, precision, pad_token_id)
         if cache and write_cache:
-            from safetensors.torch import save_file
-
             path = Path(cache)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

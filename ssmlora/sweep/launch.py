@@ -1,7 +1,7 @@
 """One sweep cell in fresh spawned process(es): one per cell, or one per local rank under DDP/FSDP.
 
 Why processes: on the CPU the only honest peak memory of a cell is the peak RSS of a process that ran nothing
-else (SPEC.md §2); a process also returns every byte to the OS between cells and contains crashes. Each rank
+else; a process also returns every byte to the OS between cells and contains crashes. Each rank
 gets the torchrun environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT, TORCHELASTIC_RUN_ID), so
 Lightning joins them without re-running `sys.argv`. A cell process ends itself when its sweep is gone.
 """
@@ -11,52 +11,14 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import pickle
 import signal
-import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
-from ssmlora.sweep import Cell, SweepConfig, distributed_strategy, world_size
-
-
-def _child(cfg_dict: dict, cell_dict: dict, cell_dir: str, env: dict | None = None) -> None:
-    """Process entry of one cell (or of one rank of it): run it and leave its result file.
-
-    One process: `result.json`. Rank r of several: `rank<r>.json` (rank 0's holds the cell's reduced
-    figures); a rank whose cell failed exits with code 1, so the parent stops the other ranks at once
-    instead of leaving them waiting in a collective.
-    """
-    if env:
-        os.environ.update(env)  # before Lightning reads them: this process is one torchrun-style rank
-    _exit_when_orphaned()
-    from ssmlora.lit import run_cell_safely
-
-    result = run_cell_safely(SweepConfig(**cfg_dict), Cell(**cell_dict), Path(cell_dir))
-    name = f"rank{env['RANK']}.json" if env else "result.json"
-    tmp = Path(cell_dir) / f".{name}.tmp"
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, Path(cell_dir) / name)
-    if env:  # leave at once: exit-time teardown of a process group can wait forever on a departed peer
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0 if result.get("status") == "ok" else 1)
-
-
-def _exit_when_orphaned(poll_s: float = 2.0) -> None:
-    """End this cell process as soon as the sweep that started it is gone (killed with SIGKILL, say): nobody
-    would read its result, and it would hold the cores the next (resumed) sweep needs."""
-    import threading
-
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(poll_s)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+from ssmlora.lab.cell import CellConfig
+from ssmlora.lab.runtime import RuntimeConfig
+from ssmlora.sweep.child import run_child
 
 
 def _free_port() -> int:
@@ -67,17 +29,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def rank_environments(cfg: SweepConfig, port_offset: int = 0) -> list[dict]:
+def rank_environments(runtime: RuntimeConfig, port_offset: int = 0) -> list[dict]:
     """The torchrun environment of each local rank of one cell on this node.
 
     One node: a free port on 127.0.0.1 per cell. Several nodes: MASTER_ADDR, NODE_RANK and MASTER_PORT come
     from the environment (the same on every node), the port shifted by the cell's index in the plan, so
     every node of a cell meets on the same fresh port.
     """
-    local, world = cfg.devices, world_size(cfg)
-    node = int(os.environ.get("NODE_RANK", "0")) if cfg.num_nodes > 1 else 0
-    addr = os.environ.get("MASTER_ADDR", "127.0.0.1") if cfg.num_nodes > 1 else "127.0.0.1"
-    port = int(os.environ["MASTER_PORT"]) + port_offset if cfg.num_nodes > 1 else _free_port()
+    local, world, nodes = runtime.devices, runtime.world_size, runtime.num_nodes
+    node = int(os.environ.get("NODE_RANK", "0")) if nodes > 1 else 0
+    addr = os.environ.get("MASTER_ADDR", "127.0.0.1") if nodes > 1 else "127.0.0.1"
+    port = int(os.environ["MASTER_PORT"]) + port_offset if nodes > 1 else _free_port()
     run_id = f"ssmlora-{port}"
     return [{"RANK": str(node * local + r), "LOCAL_RANK": str(r), "GROUP_RANK": str(node), "NODE_RANK": str(node),
              "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(local), "MASTER_ADDR": addr, "MASTER_PORT": str(port),
@@ -94,7 +56,7 @@ def _stop(procs) -> None:
         p.join()
 
 
-def run_cell_in_process(cfg: SweepConfig, cell: Cell, cell_dir: Path, port_offset: int = 0) -> dict:
+def run_cell_in_process(cfg: CellConfig, cell_dir: Path, probe_dir: Path | None = None, port_offset: int = 0) -> dict:
     """Run one cell in fresh spawned process(es); a crash or kill becomes a `failed`/`oom` row.
 
     With several devices the cell is one process per local rank (see `rank_environments`); the first rank
@@ -103,9 +65,11 @@ def run_cell_in_process(cfg: SweepConfig, cell: Cell, cell_dir: Path, port_offse
     cell_dir.mkdir(parents=True, exist_ok=True)
     for old in [cell_dir / "result.json", *cell_dir.glob("rank*.json")]:
         old.unlink(missing_ok=True)
-    envs = rank_environments(cfg, port_offset) if distributed_strategy(cfg) else [None]
+    envs = rank_environments(cfg.runtime, port_offset) if cfg.runtime.distributed_strategy() else [None]
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_child, args=(asdict(cfg), asdict(cell), str(cell_dir), env)) for env in envs]
+    probe = str(probe_dir) if probe_dir is not None else None
+    blob = pickle.dumps(cfg)
+    procs = [ctx.Process(target=run_child, args=(blob, str(cell_dir), probe, os.getpid(), env)) for env in envs]
     start = time.perf_counter()
     for p in procs:
         p.start()

@@ -15,39 +15,48 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from data_prep import build_task
+
 
 @dataclass
 class DataConfig:
-    """Which examples a cell trains and is scored on."""
+    """Which task a sweep trains on and how many of its examples are built and scored."""
 
-    task: str = field(metadata={"help": "task name in data_prep's registry"})
-    max_len: int = field(metadata={"help": "tokens per example including special tokens"})
-    tokenizer: str = field(metadata={"help": "tokenizer folder or hub id (normally the backbone's)"})
-    seed: int = field(default=0, metadata={"help": "seeds the data build, the test subset and the batch order"})
-    micro_batch: int = field(default=1, metadata={"help": "sequences per forward pass (per device)"})
-    eval_batch: int = field(default=0, metadata={"help": "sequences per evaluation forward (0: 2 x micro_batch)"})
-    n_train: int | None = field(default=None, metadata={"help": "train examples to build (None: task default)"})
-    n_validation: int | None = field(default=None, metadata={"help": "validation examples (None: task default)"})
-    n_test: int | None = field(default=None, metadata={"help": "test examples to build (None: task default)"})
-    test_limit: int | None = field(
-        default=None, metadata={"help": "score only a seeded random subset of this many test examples"}
-    )
-    val_limit: int | None = field(default=None, metadata={"help": "same for validation"})
-    cache_dir: str | None = field(default=None, metadata={"help": "data_prep cache folder (None: its default)"})
+    task: str = field(default="topic-mix", metadata={"help": "task from data_prep's registry "
+                                                             "(python -m data_prep list)"})
+    n_train: int | None = field(default=None, metadata={"help": "train examples to build (default: the task's)",
+                                                       "ge": 1, "integer": True})
+    n_validation: int | None = field(default=None, metadata={"help": "validation examples to build (default: "
+                                                                    "the task's)", "ge": 1, "integer": True})
+    n_test: int | None = field(default=None, metadata={"help": "test examples to build (default: the task's)",
+                                                      "ge": 1, "integer": True})
+    eval_tokens: int = field(default=51200, metadata={
+        "help": "tokens scored per evaluation: eval_tokens // L examples (at least min_eval)", "ge": 1,
+        "integer": True})
+    min_eval: int = field(default=50, metadata={"help": "fewest examples scored per evaluation (at most the "
+                                                        "split)", "ge": 1, "integer": True})
+    cache_dir: str | None = field(default=None, metadata={"help": "data_prep cache folder (default: "
+                                                                 "$SSMLORA_CACHE or ~/.cache/ssmlora/data)"})
+
+    NOT_IDENTITY = ("cache_dir",)  # where the data is kept, not what it is
+
+    def eval_limit(self, length: int) -> int:
+        return max(self.min_eval, self.eval_tokens // length)
+
+    def sizes(self) -> dict[str, int]:
+        return {k: v for k, v in (("n_train", self.n_train), ("n_validation", self.n_validation),
+                                  ("n_test", self.n_test)) if v}
 
 
-def build_splits(cfg: DataConfig):
-    """data_prep's DatasetDict for this cell, test/validation cut to their limits (seeded, same every run)."""
-    from data_prep import build_task
-
-    sizes = {k: v for k, v in (("n_train", cfg.n_train), ("n_validation", cfg.n_validation), ("n_test", cfg.n_test)) if v}
-    data = build_task(
-        cfg.task, max_len=cfg.max_len, tokenizer=cfg.tokenizer, truncation="head", cache_dir=cfg.cache_dir,
-        seed=cfg.seed, **sizes,
-    )
-    for split, limit in (("test", cfg.test_limit), ("validation", cfg.val_limit)):
-        if limit and split in data and len(data[split]) > limit:
-            keep = np.random.default_rng(cfg.seed).permutation(len(data[split]))[:limit]
+def build_splits(cfg: DataConfig, max_len: int, tokenizer: str, seed: int):
+    """data_prep's DatasetDict of `cfg.task` at `max_len`, test and validation cut to `cfg.eval_limit` (a seeded
+    subset, the same every run)."""
+    data = build_task(cfg.task, max_len=max_len, tokenizer=tokenizer, truncation="head", cache_dir=cfg.cache_dir,
+                      seed=seed, **cfg.sizes())
+    limit = cfg.eval_limit(max_len)
+    for split in ("test", "validation"):
+        if split in data and len(data[split]) > limit:
+            keep = np.random.default_rng(seed).permutation(len(data[split]))[:limit]
             data[split] = data[split].select(sorted(keep.tolist()))
     return data
 
@@ -117,19 +126,15 @@ class PadCollator:
 
 
 class TaskDataModule(L.LightningDataModule):
-    """One task at one length. Pass `data` (a DatasetDict) to skip the build, as tests do."""
+    """One task at one length, from a built DatasetDict (`build_splits`)."""
 
-    def __init__(self, cfg: DataConfig, pad_token_id: int = 0, data=None) -> None:
+    def __init__(self, data, micro_batch: int, seed: int = 0, pad_token_id: int = 0, eval_batch: int = 0) -> None:
         super().__init__()
-        self.cfg, self.pad_token_id, self.data = cfg, pad_token_id, data
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.data is None:
-            self.data = build_splits(self.cfg)
+        self.data, self.micro_batch, self.seed, self.pad_token_id = data, micro_batch, seed, pad_token_id
+        self.eval_batch = eval_batch or 2 * micro_batch  # no activations kept for backward: twice as many fit
 
     @property
     def label_names(self) -> list[str]:
-        self.setup()
         return list(self.data["train"].features["label"].names)
 
     def _rank_world(self) -> tuple[int, int]:
@@ -140,8 +145,8 @@ class TaskDataModule(L.LightningDataModule):
         ds = self.data[split].select_columns(["input_ids", "label"])
         lengths = [len(x) for x in ds["input_ids"]]
         rank, world = self._rank_world()
-        size = self.cfg.micro_batch if shuffle else (self.cfg.eval_batch or 2 * self.cfg.micro_batch)
-        sampler = BucketBatchSampler(lengths, size, shuffle, self.cfg.seed, rank, world)
+        size = self.micro_batch if shuffle else self.eval_batch
+        sampler = BucketBatchSampler(lengths, size, shuffle, self.seed, rank, world)
         # num_workers=0: collation is trivial next to a forward pass, and it keeps runs deterministic.
         return DataLoader(ds, batch_sampler=sampler, collate_fn=PadCollator(self.pad_token_id), num_workers=0)
 

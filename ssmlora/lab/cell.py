@@ -1,0 +1,250 @@
+"""One sweep cell: build its data and adapted backbone, fit the head by probe, train, score, save.
+
+A cell knows nothing of the sweep around it: `CellConfig` holds everything it needs, with the method's learning
+rate already resolved. `run_cell` returns the cell's fields of the results row (ssmlora.results).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from transformers import AutoTokenizer
+
+from data_prep import majority_rate
+from ssmlora.config import AdapterConfig
+from ssmlora.inject import count_parameters, enable_gradient_checkpointing, inject_adapters
+from ssmlora.lab.backbone import ModelConfig, load_backbone, resolve_model_path
+from ssmlora.lab.data import DataConfig, TaskDataModule, build_splits
+from ssmlora.lab.module import AdapterClassifier, OptimConfig
+from ssmlora.lab.probe import init_head_from_probe
+from ssmlora.lab.profilers import PeakMemoryCallback, ThroughputCallback
+from ssmlora.lab.progress import StepProgressBar
+from ssmlora.lab.runtime import RuntimeConfig, batch_plan, is_rank_zero, quiet_libraries
+from ssmlora.serialization import load_adapters, save_adapters
+
+
+@dataclass
+class CellConfig:
+    """Everything one cell needs: what to adapt and how, at which length and seed."""
+
+    adapter: AdapterConfig  # `method` is this cell's method
+    max_len: int
+    seed: int
+    lr: float | None = None  # the adapter matrices' peak rate (None: a method without adapters)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    @property
+    def method(self) -> str:
+        return self.adapter.method
+
+    def tag(self) -> str:
+        return f"{self.method}-L{self.max_len}-s{self.seed}"
+
+    def batch_plan(self) -> tuple[int, int, int]:
+        """(effective batch, micro-batch per device, accumulation steps)."""
+        return batch_plan(self.optim.tokens_per_step, self.runtime, self.max_len)
+
+
+def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.PathLike | None = None) -> dict:
+    """Train and score one cell with Lightning; return its results-row fields.
+
+    `probe_dir`: where the probe's frozen features are cached per (length, seed), so every method of a sweep
+    starts from the same head (default: beside `cell_dir`).
+    """
+    start = time.perf_counter()
+    cell_dir = Path(cell_dir)
+    quiet_libraries(cfg.runtime.verbose)
+    torch.set_num_threads(cfg.runtime.torch_threads())
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    effective, micro, accumulate = cfg.batch_plan()
+    data, labels, pad_id, model, info = build_cell(cfg)
+    if cfg.runtime.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    counts = count_parameters(model)
+    probe = {}
+    if cfg.optim.head_init == "probe":
+        probe = fit_head_by_probe(cfg, model, data["train"], pad_id, Path(probe_dir or cell_dir.parent) /
+                                  f"L{cfg.max_len}-s{cfg.seed}.safetensors")
+    steps = cfg.optim.max_steps
+    if cfg.optim.epochs > 0:  # the schedule needs the step count up front
+        steps = cfg.optim.epochs * max(1, len(data["train"]) // effective)
+    module = AdapterClassifier(model, len(labels), cfg.optim, lr=cfg.lr, max_steps=steps)
+    peak, speed = PeakMemoryCallback(), ThroughputCallback(warmup_steps=1 if steps > 2 else 0)
+    callbacks = [peak, speed, StepProgressBar()]
+    validate = cfg.optim.val_every > 0
+    if validate:
+        callbacks.append(ModelCheckpoint(dirpath=str(cell_dir / "checkpoints"), monitor="val_acc", mode="max",
+                                         save_top_k=1, save_weights_only=True))
+    rt = cfg.runtime
+    trainer = L.Trainer(
+        accelerator=rt.accelerator, devices=rt.devices, num_nodes=rt.num_nodes, strategy=make_strategy(rt),
+        precision=rt.precision, max_steps=steps, max_epochs=-1, accumulate_grad_batches=accumulate,
+        gradient_clip_val=cfg.optim.grad_clip, logger=CSVLogger(str(cell_dir), name="", version=""),
+        callbacks=callbacks, enable_checkpointing=validate, limit_val_batches=1.0 if validate else 0,
+        val_check_interval=cfg.optim.val_every * accumulate if validate else None, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, log_every_n_steps=1, enable_model_summary=False, use_distributed_sampler=False,
+        default_root_dir=str(cell_dir),
+    )
+    dm = TaskDataModule(data, micro, cfg.seed, pad_id)
+    module.train()  # from_pretrained returns eval mode; adapter and hidden dropout must be live in training
+    trainer.fit(module, datamodule=dm)
+    best = trainer.checkpoint_callback.best_model_path if validate and trainer.checkpoint_callback else ""
+    test_start = time.perf_counter()
+    scores = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)[0]
+    test_s = time.perf_counter() - test_start
+    flops_dtype = torch.float32 if rt.precision == "32" else torch.bfloat16
+    mem, rates, ranks = reduce_cell_figures(trainer, model, peak, speed, flops_dtype)
+    if trainer.is_global_zero:
+        save_adapters(model, cell_dir / "adapter")  # the tested weights: identical on every rank
+    return {
+        "status": "ok",
+        "accuracy": scores.get("test_acc"),
+        "macro_f1": scores.get("test_f1"),
+        "n_test": int(scores.get("test_n", 0)),
+        "majority_rate": majority_rate(data["test"]),
+        **{k: counts[k] for k in ("adapter_params", "head_params", "trainable_params")},
+        **mem,
+        **{k: v for k, v in rates.items() if k != "timed_steps"},
+        "train_steps": trainer.global_step,
+        "wall_s": time.perf_counter() - start,
+        **probe,
+        "attn_impl": info.attn_impl,
+        "test_s": test_s,
+        "fit_s": test_start - start,
+        "micro_batch": micro,
+        "accumulate": accumulate,
+        "world_size": trainer.world_size,
+        "strategy": type(trainer.strategy).__name__,
+        "ranks": ranks,  # per rank: peak memory, tokens/s, adapter hash (result.json only, not results.csv)
+    }
+
+
+def fit_head_by_probe(cfg: CellConfig, model, train, pad_id: int, cache: Path) -> dict:
+    """LP-FT's first stage (ssmlora/lab/probe.py) with the features cached in `cache`."""
+    if cfg.runtime.uses_gpu():  # the Trainer would move it there anyway; the probe's forwards should run there too
+        model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0)))
+    micro = cfg.batch_plan()[1]
+    return init_head_from_probe(model, train, cfg.optim.probe_examples, cfg.seed, 2 * micro, cfg.runtime.precision,
+                                pad_id, cache=cache, write_cache=is_rank_zero())
+
+
+def make_strategy(runtime: RuntimeConfig):
+    """Lightning strategy of a cell: "auto" for one process, else DDP / FSDP set up for adapters.
+
+    DDP: `broadcast_buffers=False`, because SSMLoRA's `carry` state lives in (non-persistent) buffers of
+    `model.ssm_state` and is per rank: each rank carries the state of the batches it saw, and broadcasting
+    rank 0's buffers at every forward would overwrite it (and fail on shape when batches differ).
+    FSDP: `use_orig_params=True`, so frozen base weights and trainable adapter matrices can share a flat
+    parameter; adapters are plain nn.Modules holding the base nn.Linear, so FSDP wraps them like any layer.
+    Under torchrun (TORCHELASTIC_RUN_ID, also set by the sweep's own launcher) the cluster environment is
+    given explicitly, so an enclosing SLURM allocation is not mistaken for the launcher.
+    """
+    from lightning.fabric.plugins.environments import TorchElasticEnvironment
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    name = runtime.distributed_strategy()
+    if name is None:
+        return runtime.strategy
+    kwargs = {"cluster_environment": TorchElasticEnvironment()} if "TORCHELASTIC_RUN_ID" in os.environ else {}
+    if name == "ddp":
+        return DDPStrategy(broadcast_buffers=False, **kwargs)
+    return FSDPStrategy(use_orig_params=True, **kwargs)
+
+
+def adapter_digest(model: torch.nn.Module) -> str:
+    """sha256 over the names and bytes of every trainable tensor (adapters + head): equal iff identical."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def reduce_cell_figures(trainer, model, peak, speed, flops_dtype) -> tuple[dict, dict, list[dict]]:
+    """Peak memory = max over ranks; rates = global sum of the per-rank rates; plus the per-rank figures."""
+    mem = peak.snapshot()
+    local = {"rank": trainer.global_rank, "peak_mem_mb": mem["peak_mem_mb"],
+             "peak_reserved_mb": mem.get("peak_reserved_mb"), **speed.local_figures(),
+             "adapter_sha256": adapter_digest(model)}
+    ranks = [local]
+    if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        ranks = [None] * trainer.world_size
+        torch.distributed.all_gather_object(ranks, local)
+    mem = {**mem, "peak_mem_mb": max(r["peak_mem_mb"] for r in ranks)}
+    if mem.get("peak_reserved_mb") is not None:
+        mem["peak_reserved_mb"] = max(r["peak_reserved_mb"] or 0 for r in ranks)
+    if len(ranks) > 1:
+        mem["mem_includes"] = f"max over {len(ranks)} ranks of: {mem['mem_includes']}"
+    return mem, speed.summary(flops_dtype, ranks=ranks if len(ranks) > 1 else None), ranks
+
+
+def build_cell(cfg: CellConfig):
+    """The cell's data and adapted backbone, built the same way for training and for re-scoring saved adapters.
+    Returns (data, label names, pad id, model, BackboneInfo)."""
+    tokenizer = resolve_model_path(cfg.model.model)
+    data = build_splits(cfg.data, cfg.max_len, tokenizer, cfg.seed)
+    labels = list(data["train"].features["label"].names)
+    pad_id = pad_token_id(tokenizer)
+    model, info = load_backbone(cfg.model.model, num_labels=len(labels), max_len=cfg.max_len,
+                                attn_implementation=cfg.model.attn, id2label=dict(enumerate(labels)),
+                                pad_token_id=pad_id, pooling=cfg.model.pooling)
+    inject_adapters(model, cfg.adapter)
+    return data, labels, pad_id, model, info
+
+
+def evaluate_adapters(cfg: CellConfig, adapter_dir: str | os.PathLike) -> dict:
+    """Score saved adapters (a cell's `adapter/` folder) on the cell's test split in this one process.
+
+    Builds the backbone and test subset exactly as `run_cell` does, so the accuracy equals the cell's own,
+    whatever the number of ranks that trained and scored it. Returns {"accuracy", "macro_f1", "n_test"}.
+    """
+    quiet_libraries(cfg.runtime.verbose)
+    torch.set_num_threads(cfg.runtime.torch_threads())
+    data, labels, pad_id, model, _ = build_cell(cfg)
+    load_adapters(model, adapter_dir)
+    module = AdapterClassifier(model, len(labels))
+    trainer = L.Trainer(accelerator=cfg.runtime.accelerator, devices=1, precision=cfg.runtime.precision,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, use_distributed_sampler=False)
+    dm = TaskDataModule(data, cfg.batch_plan()[1], cfg.seed, pad_id)
+    scores = trainer.test(module, datamodule=dm, verbose=False)[0]
+    return {"accuracy": scores.get("test_acc"), "macro_f1": scores.get("test_f1"), "n_test": int(scores["test_n"])}
+
+
+def run_cell_safely(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.PathLike | None = None) -> dict:
+    """`run_cell`, with an out-of-memory or any other error turned into a status (the sweep goes on)."""
+    start = time.perf_counter()
+    cell_dir = Path(cell_dir)
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return run_cell(cfg, cell_dir, probe_dir)
+    except (torch.OutOfMemoryError, MemoryError) as err:
+        status = "oom"
+        detail = str(err)
+    except Exception as err:  # noqa: BLE001 - any failure of one cell must not stop the sweep
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        status = f"failed: {type(err).__name__}: {first}"
+        detail = traceback.format_exc()
+    rank = int(os.environ.get("RANK", "0") or 0)  # under DDP every rank that fails leaves its own report
+    (cell_dir / ("error.txt" if rank == 0 else f"error-rank{rank}.txt")).write_text(detail)
+    return {"status": status, "wall_s": time.perf_counter() - start}
+
+
+def pad_token_id(tokenizer_path: str) -> int:
+    """The tokenizer's pad id; decoder tokenizers without one pad with EOS (masked out anyway)."""
+    tok = AutoTokenizer.from_pretrained(tokenizer_path)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return int(pad or 0)

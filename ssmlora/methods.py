@@ -1,0 +1,131 @@
+"""The method registry: every adapter method the suite knows, and everything that differs between methods.
+
+A `Method` names its layer class, how one projection is wrapped, which sites its insertion scheme adapts, what
+links its layers after injection, its default hyperparameters and the settings that tell two of its runs apart.
+Injection, parameter counting, the sweep's learning rates, its result rows and the plots all read this table,
+so adding a method means registering it here (or from your own code) next to its layer; see docs/adapters.md,
+"Adding a method".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch.nn as nn
+
+from ssmlora.lora import AdapterLinear, LoRALinear
+from ssmlora.ssm import SSMLoRALinear, SSMStateBus
+
+# Annotations below name ssmlora.config.AdapterConfig and ssmlora.arch.Site; neither is imported, because the
+# config validates method names against this registry (config -> methods), never the other way round.
+
+ATTENTION_AND_FFN = frozenset({"q", "k", "v", "o", "ffn-in", "ffn-gate", "ffn-out"})
+QV = frozenset({"q", "v"})
+BUS_NAME = "ssm_state"  # attribute of an SSMLoRA model that holds its state chains
+
+
+@dataclass(frozen=True)
+class Method:
+    """One adapter method. `in_scheme(role, layer, targets)` says whether a site with that role (q, k, v, o,
+    ffn-in, ffn-gate, ffn-out, head) on that layer (None for the head) is adapted under the named scheme
+    (`targets`: all | qv); explicit target lists bypass it."""
+
+    name: str
+    description: str
+    layer: type[AdapterLinear] | None = None  # None: no adapters, only the classifier head trains
+    in_scheme: Callable[[str, int | None, str], bool] = lambda role, layer, targets: False
+    build: Callable[[nn.Module, "AdapterConfig"], AdapterLinear] | None = None  # default: layer(base, r, s, dropout)
+    link: Callable[[nn.Module, list["Site"], list[AdapterLinear], "AdapterConfig"], None] | None = None
+    defaults: dict = field(default_factory=dict)  # sweep defaults, e.g. {"lr": 5e-4}
+    identity: tuple[str, ...] = ()  # AdapterConfig fields recorded with each result row (e.g. ssm_mode)
+
+    def wrap(self, base: nn.Module, config: "AdapterConfig") -> AdapterLinear:
+        if self.build is not None:
+            return self.build(base, config)
+        return self.layer(base, config.r, config.scaling, config.dropout)
+
+    @property
+    def mergeable(self) -> bool:
+        return self.layer is None or self.layer.mergeable
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register_method(method: Method, replace: bool = False) -> Method:
+    """Add `method` to the registry (`replace=True` to redefine a name, e.g. in a test)."""
+    if method.name in _REGISTRY and not replace:
+        raise ValueError(f"method {method.name!r} is registered already")
+    if not method.name or ":" in method.name or "," in method.name:
+        raise ValueError(f"method name {method.name!r} must be non-empty, without ':' or ','")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def unregister_method(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def get_method(name: str) -> Method:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}: choose one of {', '.join(method_names())}") from None
+
+
+def method_names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def adapter_param_names() -> tuple[str, ...]:
+    """Parameter names owned by adapter layers (everything else trainable is the head or a base module)."""
+    return tuple(dict.fromkeys(n for m in _REGISTRY.values() if m.layer for n in m.layer.adapter_param_names))
+
+
+# ---- the built-in methods ----
+
+def _lora_scheme(role: str, layer: int | None, targets: str) -> bool:
+    return role in (QV if targets == "qv" else ATTENTION_AND_FFN)
+
+
+def _ssmlora_scheme(role: str, layer: int | None, targets: str) -> bool:
+    # The paper's sparse scheme: q on even layers, v on odd ones (a fused qkv counts as q), never k; with
+    # targets=all also o, every FFN matrix and the classifier head.
+    if role in QV:
+        return layer % 2 == (0 if role == "q" else 1)
+    return targets == "all" and role != "k"
+
+
+def _ssmlora_layer(base: nn.Module, config: "AdapterConfig") -> SSMLoRALinear:
+    return SSMLoRALinear(base, config.r, config.scaling, config.dropout, config.eps)
+
+
+def _chain_key(site: "Site", mode: str) -> str:
+    # carry keys q, k and v per layer and shares one key per other role across layers, as the released code
+    if mode == "carry" and site.role in ("q", "k", "v"):
+        return f"{site.role}.{site.layer}"
+    return site.role
+
+
+def _link_ssm_chains(model: nn.Module, sites, wrappers, config: "AdapterConfig") -> None:
+    """Put every SSMLoRA layer on its state chain (one chain per key, in depth order) through one state bus."""
+    keys = [_chain_key(site, config.ssm_mode) for site in sites]
+    bus = SSMStateBus(config.ssm_mode, keys)
+    model.add_module(BUS_NAME, bus)
+    seen: dict[str, int] = {}
+    for wrapper, key in zip(wrappers, keys):
+        wrapper.attach(bus, key, seen.get(key, 0))
+        seen[key] = seen.get(key, 0) + 1
+
+
+register_method(Method(
+    "lora", "LoRA (arXiv 2106.09685): y = W0 x + s·B A drop(x) on q, k, v, o and every FFN matrix",
+    layer=LoRALinear, in_scheme=_lora_scheme, defaults={"lr": 5e-4},
+))
+register_method(Method(
+    "ssmlora", "SSMLoRA (arXiv 2502.04958): low-rank adapters linked by a state space model, sparse scheme",
+    layer=SSMLoRALinear, in_scheme=_ssmlora_scheme, build=_ssmlora_layer, link=_link_ssm_chains,
+    defaults={"lr": 5e-5}, identity=("ssm_mode",),
+))
+register_method(Method("frozen", "no adapters: only the classifier head trains (the cost floor)"))

@@ -1,0 +1,53 @@
+"""The entry point of a spawned cell process. It imports only the standard library at module level: a spawned
+child imports this module before anything runs, and the orphan watch must be running before the seconds spent
+importing torch and Lightning, so a sweep killed meanwhile never leaves a cell process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def run_child(cfg_blob: bytes, cell_dir: str, probe_dir: str | None, parent: int, env: dict | None = None) -> None:
+    """Run one cell (or one rank of it) and leave its result file.
+
+    `cfg_blob` is the pickled CellConfig, unpickled only after the orphan watch started (unpickling imports the
+    Lightning side). One process writes `result.json`; rank r of several writes `rank<r>.json` (rank 0's holds
+    the cell's reduced figures), and a rank whose cell failed exits with code 1, so the parent stops the other
+    ranks at once instead of leaving them waiting in a collective.
+    """
+    if env:
+        os.environ.update(env)  # before Lightning reads them: this process is one torchrun-style rank
+    exit_when_orphaned(parent)
+    from ssmlora.lab.cell import run_cell_safely  # heavy: deliberately after the watch started
+
+    result = run_cell_safely(pickle.loads(cfg_blob), Path(cell_dir), probe_dir)
+    name = f"rank{env['RANK']}.json" if env else "result.json"
+    tmp = Path(cell_dir) / f".{name}.tmp"
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, Path(cell_dir) / name)
+    if env:  # leave at once: exit-time teardown of a process group can wait forever on a departed peer
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0 if result.get("status") == "ok" else 1)
+
+
+def exit_when_orphaned(parent: int, poll_s: float = 2.0) -> None:
+    """End this cell process as soon as the sweep that started it (pid `parent`, given by the sweep, since the
+    sweep may already be gone when this starts) is gone: nobody would read its result, and it would hold the
+    cores the next (resumed) sweep needs."""
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()

@@ -1,0 +1,158 @@
+"""`python experiments/run.py` (or `ssmlora-sweep`): the length sweep from the command line.
+
+Trains every method at every length (powers of two from --min-len up to --max-len, or --lengths), one process
+per cell, and writes <out>/<name>/{config.json,results.csv,cells/,plots/,report.md}. Rerunning the same command
+resumes: finished cells are skipped. Exit code 0 when every cell is ok, 1 when any cell failed, 2 on bad input,
+130 when interrupted. Every setting has one flag, generated from the configuration tree (docs/sweep.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+
+from plots import make_report
+from ssmlora.config import ConfigValueError
+from ssmlora.lab.runtime import is_rank_zero
+from ssmlora.sweep.config import GRID, SweepConfig, flat_fields, section_type
+from ssmlora.sweep.runner import any_failed, results_table, run_sweep
+from ssmlora.sweep.validate import SweepError, flag, validate, value_error
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" only where the help text does not already say what the default means."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS) or action.default == {}:
+            return text
+        shown = ",".join(map(str, action.default)) if isinstance(action.default, list) else "%(default)s"
+        return f"{text} (default: {shown})"
+
+
+def _allowed(rules) -> str:
+    """The allowed values of a field, from its metadata, for its help text."""
+    if "choices" in rules:
+        if all(str(c) in rules.get("help", "") for c in rules["choices"]):
+            return ""  # the help text already explains each choice
+        return "one of " + " | ".join(map(str, rules["choices"]))
+    symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    return " and ".join(f"{symbols[k]} {rules[k]:g}" for k in symbols if k in rules)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # one line, not argparse's usage block
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def _csv(kind):
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__}") from None
+    return parse
+
+
+def _lr_map(text: str) -> dict[str, float]:
+    """`5e-4` (every method) or `lora=5e-4,ssmlora=5e-5`."""
+    try:
+        if "=" not in text:
+            return {"*": float(text)}
+        pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+        return {method.strip(): float(value) for method, value in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number or METHOD=NUMBER,...") from None
+
+
+def _targets(text: str):
+    return text if text in ("all", "qv") else _csv(str)(text)
+
+
+def _argument(p: argparse.ArgumentParser, name: str, hint, default, rules) -> None:
+    kind = str(hint)
+    allowed = _allowed(rules)
+    help_text = rules.get("help", "") + (f"; {allowed}" if allowed and allowed not in rules.get("help", "") else "")
+    if hint is bool:
+        p.add_argument(flag(name), action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        return
+    if "dict" in kind:
+        parse = _lr_map
+    elif name == "targets":
+        parse = _targets
+    elif kind.startswith("list") or "list[int]" in kind:
+        parse = _csv(int if "int" in kind else str)
+    else:
+        parse = int if "int" in kind else float if "float" in kind else str
+    p.add_argument(flag(name), type=parse, default=default, metavar=name.upper(), help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python experiments/run.py", description=__doc__.split("\n\n")[0],
+                formatter_class=_HelpFormatter)
+    p.add_argument("--max-len", type=int, default=4096, help="longest context length L, tokens")
+    p.add_argument("--min-len", type=int, default=512, help="shortest context length L, tokens (lengths double)")
+    p.add_argument("--lengths", type=_csv(int), default=None, help="explicit lengths in tokens, e.g. 512,2048 "
+                                                                  "(instead of --min-len/--max-len)")
+    p.add_argument("--out", default="lightning_logs", help="parent folder of sweep folders")
+    p.add_argument("--name", default=None, help="sweep folder name (default: task-model-<config hash>)")
+    p.add_argument("--retry-failed", action="store_true", help="rerun cells recorded as oom/failed")
+    p.add_argument("--in-process", action="store_true",
+                   help="run cells in this process (no memory isolation; for torchrun/srun and debugging)")
+    p.add_argument("--dry-run", action="store_true", help="validate everything and list the cells, train nothing")
+    top = typing.get_type_hints(SweepConfig)
+    for name in GRID:
+        if name != "lengths":
+            f = SweepConfig.__dataclass_fields__[name]
+            _argument(p, name, top[name], f.default_factory(), f.metadata)
+    for name, (section, f) in flat_fields().items():
+        hints = typing.get_type_hints(section_type(section))
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        _argument(p, name, hints[name], default, f.metadata)
+    return p
+
+
+def lengths_from(args) -> list[int]:
+    if args.lengths:
+        return sorted(set(args.lengths))
+    if args.min_len <= 0 or args.max_len < args.min_len:
+        raise SweepError(f"--max-len {args.max_len} and --min-len {args.min_len}: need max-len >= min-len > 0")
+    out, length = [], args.min_len
+    while length <= args.max_len:
+        out.append(length)
+        length *= 2
+    return out
+
+
+def config_from_args(args) -> SweepConfig:
+    values = {name: getattr(args, name) for name in [*GRID, *flat_fields()] if name != "lengths"}
+    try:
+        return SweepConfig.from_flat(**values, lengths=lengths_from(args))
+    except ConfigValueError as err:
+        raise value_error(err) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        if args.dry_run:
+            folder = validate(cfg, args.out, args.name, args.in_process)
+            print(f"{len(cfg.cells())} cells into {folder}: " + ", ".join(c.tag() for c in cfg.cells()))
+            return 0
+        folder, rows = run_sweep(cfg, out=args.out, name=args.name, retry_failed=args.retry_failed,
+                                 in_process=args.in_process)
+    except SweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are in results.csv; rerun the same command to resume", file=sys.stderr)
+        return 130
+    if not is_rank_zero():  # torchrun / srun: the other ranks trained and scored; rank 0 reports
+        return 1 if any_failed(rows) else 0
+    print(results_table(rows))
+    print(f"results: {folder / 'results.csv'}")
+    written = make_report(folder)
+    print(f"plots: {len(written)} files in {folder / 'plots'}, report: {folder / 'report.md'}")
+    return 1 if any_failed(rows) else 0

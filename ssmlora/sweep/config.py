@@ -1,0 +1,120 @@
+"""`SweepConfig`: the one configuration tree of a sweep.
+
+It holds the grid (methods, lengths, seeds) and the sections each cell reads: `model` (ModelConfig), `adapter`
+(the adapter library's AdapterConfig, whose `method` the grid supplies), `optim` (OptimConfig), `data`
+(DataConfig) and `runtime` (RuntimeConfig). Every setting has its default, help and allowed values in exactly one
+field of one section; the command line is generated from the tree (one flag per field, named after it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from ssmlora.config import AdapterConfig
+from ssmlora.lab.backbone import ModelConfig
+from ssmlora.lab.cell import CellConfig
+from ssmlora.lab.data import DataConfig
+from ssmlora.lab.module import OptimConfig
+from ssmlora.lab.runtime import RuntimeConfig, batch_plan
+from ssmlora.methods import get_method
+
+SECTIONS = ("model", "adapter", "optim", "data", "runtime")
+GRID = ("methods", "lengths", "seeds")
+NOT_FLAT = {("adapter", "method")}  # the grid's `methods` supplies it per cell
+
+
+@dataclass
+class SweepConfig:
+    """Everything that defines a sweep: the grid and the settings every cell shares."""
+
+    methods: list[str] = field(default_factory=lambda: ["lora", "ssmlora"], metadata={
+        "help": "grid: adapter methods from the registry, comma-separated (lora, ssmlora, frozen or your own)"})
+    lengths: list[int] = field(default_factory=lambda: [512, 1024, 2048, 4096], metadata={
+        "help": "grid: context lengths L in tokens"})
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "grid: seeds, comma-separated", "ge": 0,
+                                                                   "integer": True})
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    @classmethod
+    def from_flat(cls, **values) -> "SweepConfig":
+        """Build from flat names (the CLI's flags without dashes): `SweepConfig.from_flat(r=4, max_steps=2)`.
+        May raise ConfigValueError (from AdapterConfig's own checks) or TypeError for an unknown name."""
+        routes = flat_fields()
+        unknown = sorted(set(values) - set(routes) - set(GRID))
+        if unknown:
+            raise TypeError(f"unknown settings {unknown}: see `python experiments/run.py --help`")
+        parts: dict[str, dict] = {s: {} for s in SECTIONS}
+        for name, value in values.items():
+            if name not in GRID:
+                parts[routes[name][0]][name] = value
+        grid = {k: values[k] for k in GRID if k in values}
+        return cls(**grid, **{s: section_type(s)(**parts[s]) for s in SECTIONS})
+
+    def flat(self) -> dict:
+        """Every setting by its flat name (the inverse of `from_flat`)."""
+        return {**{k: getattr(self, k) for k in GRID},
+                **{name: getattr(getattr(self, s), name) for name, (s, _) in flat_fields().items()}}
+
+    def identity(self) -> dict:
+        """What makes two sweeps' rows comparable: every setting but the grid and plumbing (paths, threads)."""
+        out = {}
+        for s in SECTIONS:
+            section = getattr(self, s)
+            skip = set(getattr(section, "NOT_IDENTITY", ())) | {f for sec, f in NOT_FLAT if sec == s}
+            out[s] = {k: v for k, v in asdict(section).items() if k not in skip}
+        out["runtime"]["device"] = self.runtime.device_type()  # `auto` on a CPU and on a GPU are two sweeps
+        return json.loads(json.dumps(out))  # tuples become lists, as they read back from config.json
+
+    def identity_hash(self) -> str:
+        return hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
+
+    def slug(self) -> str:
+        """Readable folder name plus the identity hash: same configuration -> same folder."""
+        model = Path(self.model.model.rstrip("/")).name.replace("/", "_") or "model"
+        return f"{self.data.task}-{model}-{self.identity_hash()}"
+
+    def cell(self, method: str, length: int, seed: int) -> CellConfig:
+        """The configuration of one cell of the grid."""
+        return CellConfig(adapter=replace(self.adapter, method=method), max_len=length, seed=seed,
+                          lr=self.optim.lr_for(method), model=self.model, optim=self.optim, data=self.data,
+                          runtime=self.runtime)
+
+    def cells(self) -> list[CellConfig]:
+        """Short lengths first, so a sweep cut short still has complete curves at the cheap end."""
+        return [self.cell(m, L, s) for L in sorted(self.lengths) for s in self.seeds for m in self.methods]
+
+    def effective_batch(self, length: int) -> int:
+        return batch_plan(self.optim.tokens_per_step, self.runtime, length)[0]
+
+    def row_identity(self, method: str) -> dict:
+        """The method's identity settings as result columns (e.g. ssmlora's ssm_mode); empty for the others."""
+        keys = get_method(method).identity
+        return {"ssm_mode": self.adapter.ssm_mode if "ssm_mode" in keys else ""}
+
+
+def section_type(section: str) -> type:
+    return _SECTION_TYPES[section]
+
+
+_SECTION_TYPES = {"model": ModelConfig, "adapter": AdapterConfig, "optim": OptimConfig, "data": DataConfig,
+                  "runtime": RuntimeConfig}
+
+
+def flat_fields() -> dict[str, tuple[str, object]]:
+    """{flat name: (section, dataclass field)} for every settable field of the tree (names are unique)."""
+    routes: dict[str, tuple[str, object]] = {}
+    for s in SECTIONS:
+        for f in fields(_SECTION_TYPES[s]):
+            if (s, f.name) in NOT_FLAT:
+                continue
+            if f.name in routes or f.name in GRID:
+                raise AssertionError(f"setting {f.name!r} is declared twice (in {routes[f.name][0]} and {s})")
+            routes[f.name] = (s, f)
+    return routes

@@ -1,0 +1,171 @@
+"""Running a sweep: validate, write `config.json`, then every cell that has no row yet, one row per cell.
+
+Layout of a sweep folder `<out>/<name>/`:
+  config.json           the configuration tree, the resolved per-cell values and the environment
+  results.csv           one row per finished cell (ssmlora.results), rewritten atomically after every cell
+  cells/<cell>/         Lightning's CSVLogger output, the cell's result.json and its saved adapter
+  probe/                the linear probe's cached frozen features, per (length, seed)
+
+Each cell runs in its own process(es) (`launch`); under an external launcher (`--in-process` with torchrun or
+srun) every rank runs the whole sweep in process instead, and only global rank 0 writes the sweep's files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ssmlora.lab.cell import CellConfig, run_cell_safely
+from ssmlora.lab.runtime import batch_plan, environment, is_rank_zero
+from ssmlora.results import SCHEMA_VERSION, cell_key, read_results, write_results
+from ssmlora.sweep.config import GRID, SweepConfig
+from ssmlora.sweep.launch import run_cell_in_process
+from ssmlora.sweep.validate import validate
+
+
+def config_json(cfg: SweepConfig, name: str, old: dict | None = None) -> dict:
+    """config.json: what plots read first (name, task, model, grid), then the tree once, the values resolved on
+    this machine, the identity that a resume must match, and the environment."""
+    grid = {k: list(getattr(cfg, k)) for k in GRID}
+    for key in GRID:  # the folder's grid is every cell it holds, across resumed runs with other grids
+        extra = [v for v in (old or {}).get(key, []) if v not in grid[key]]
+        grid[key] = grid[key] + extra if key == "methods" else sorted(grid[key] + extra)
+    tree = {k: v for k, v in asdict(cfg).items() if k not in GRID}
+    tree["adapter"].pop("method")
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "task": cfg.data.task,
+        "model": cfg.model.model,
+        **grid,
+        "config": tree,
+        "resolved": {
+            "device": cfg.runtime.device_type(),
+            "lr": {m: cfg.optim.lr_for(m) for m in grid["methods"]},
+            "batch_plan": {str(L): dict(zip(("effective_batch", "micro_batch", "accumulate"),
+                                            batch_plan(cfg.optim.tokens_per_step, cfg.runtime, L)))
+                           for L in grid["lengths"]},
+        },
+        "identity": cfg.identity(),
+        "identity_hash": cfg.identity_hash(),
+        "environment": environment(),
+    }
+
+
+def row_key(cfg: SweepConfig, cell: CellConfig) -> tuple[str, ...]:
+    return cell_key(base_row(cfg, cell))
+
+
+def base_row(cfg: SweepConfig, cell: CellConfig) -> dict:
+    return {
+        "task": cfg.data.task, "model": cfg.model.model, "method": cell.method, **cfg.row_identity(cell.method),
+        "max_len": cell.max_len, "seed": cell.seed, "precision": cfg.runtime.precision,
+        "accelerator": cfg.runtime.device_type(), "devices": f"{cfg.runtime.devices}x{cfg.runtime.num_nodes}",
+        "effective_batch": cell.batch_plan()[0],
+    }
+
+
+class Progress:
+    """The sweep's console: one start line and one result line per cell, the latter with the elapsed time and an
+    ETA from the mean wall time of the cells run so far (a cell's bar prints between the two)."""
+
+    def __init__(self, total: int, log=print) -> None:
+        self.total, self.log, self.start, self.walls = total, log, time.perf_counter(), []
+
+    def begin(self, i: int, cell: CellConfig) -> None:
+        self.log(f"[{i}/{self.total}] {self.describe(cell)} ...", flush=True)
+
+    def skipped(self, i: int, cell: CellConfig, status: str) -> None:
+        self.log(f"[{i}/{self.total}] {self.describe(cell)}: done before ({status}), skipped")
+
+    def finished(self, i: int, cell: CellConfig, row: dict) -> None:
+        wall = float(row.get("wall_s") or 0)
+        self.walls.append(wall)
+        left = sum(self.walls) / len(self.walls) * (self.total - i)
+        score = (f", accuracy {float(row['accuracy']):.3f} (majority {float(row['majority_rate']):.3f})"
+                 if row.get("accuracy") not in (None, "") else "")
+        self.log(f"[{i}/{self.total}] {self.describe(cell)}: {row['status']}{score}, {wall:.0f} s | sweep "
+                 f"{_clock(time.perf_counter() - self.start)} elapsed, ETA {_clock(left) if i < self.total else '0s'}",
+                 flush=True)
+
+    @staticmethod
+    def describe(cell: CellConfig) -> str:
+        return f"{cell.method} L={cell.max_len} seed {cell.seed}"
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name: str | None = None,
+              retry_failed: bool = False, in_process: bool = False, log=print) -> tuple[Path, list[dict]]:
+    """Validate, then run every missing cell, writing results.csv after each. Returns (folder, all rows)."""
+    folder = validate(cfg, Path(out), name, in_process, warn=lambda m: print(m, file=sys.stderr))
+    if not is_rank_zero():  # under torchrun / srun every rank runs this loop; one of them talks
+        log = lambda *args, **kwargs: None  # noqa: E731
+    res_path = folder / "results.csv"
+    rows = read_results(res_path) if res_path.exists() else []
+    old_cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+    if is_rank_zero():
+        (folder / ".config.json.tmp").write_text(json.dumps(config_json(cfg, folder.name, old_cfg), indent=2,
+                                                            default=str))
+        os.replace(folder / ".config.json.tmp", folder / "config.json")
+
+    if not in_process and threading.current_thread() is threading.main_thread():
+        # `kill <pid>` (SIGTERM) stops the sweep the way Ctrl-C does: the running cell's processes are ended
+        # with it and every finished row is already on disk.
+        signal.signal(signal.SIGTERM, _interrupt)
+    done = {cell_key(r): r for r in rows if retry_failed is False or r.get("status") == "ok"}
+    cells = cfg.cells()
+    progress = Progress(len(cells), log)
+    for i, cell in enumerate(cells, 1):
+        key = row_key(cfg, cell)
+        if key in done:
+            progress.skipped(i, cell, done[key].get("status"))
+            continue
+        progress.begin(i, cell)
+        cell_dir = folder / "cells" / cell.tag()
+        if in_process:
+            result = run_cell_safely(cell, cell_dir, folder / "probe")
+        else:
+            result = run_cell_in_process(cell, cell_dir, folder / "probe", port_offset=i)
+        row = {**base_row(cfg, cell), **result}
+        rows = [r for r in rows if cell_key(r) != key] + [row]
+        if is_rank_zero():
+            write_results(res_path, rows)
+        progress.finished(i, cell, row)
+    return folder, rows
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def results_table(rows: list[dict]) -> str:
+    """A plain-text table of the main columns, for the terminal."""
+    cols = ["method", "max_len", "seed", "status", "accuracy", "majority_rate", "macro_f1", "peak_mem_mb",
+            "real_tokens_per_s", "step_time_s", "wall_s"]
+
+    def fmt(v):
+        if isinstance(v, int) or (isinstance(v, str) and v.isdigit()):
+            return str(v)
+        try:
+            f = float(v)
+            return f"{f:.3f}" if abs(f) < 10 else f"{f:.0f}"
+        except (TypeError, ValueError):
+            return str(v)[:28]
+
+    table = [cols] + [[fmt(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in table)
+
+
+def any_failed(rows: list[dict]) -> bool:
+    return any(r.get("status") != "ok" for r in rows)

@@ -1,0 +1,180 @@
+"""Every check of a sweep that needs no training, in one place: `validate` runs them all before any data is built.
+
+A bad value gets one `SweepError` line naming the flag, the value and what is allowed; the CLI prints it and
+exits with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from data_prep import MIN_LEN, get_task
+from ssmlora.config import ConfigValueError, check_value
+from ssmlora.lab.backbone import BackboneError, check_backbone
+from ssmlora.lab.runtime import external_launcher
+from ssmlora.methods import get_method
+from ssmlora.results import SCHEMA_VERSION, ResultsFormatError, read_results
+from ssmlora.sweep.config import GRID, SECTIONS, SweepConfig, flat_fields
+
+LONGEST_FILE = "adapter/adapter_model.safetensors"  # the deepest path a cell writes below its folder
+
+
+class SweepError(ValueError):
+    """Bad input found before training; the message is shown to the user as is."""
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def value_error(err: ConfigValueError) -> SweepError:
+    return SweepError(f"{flag(err.name)} {_show(err.value)}: {err.allowed}")
+
+
+def _show(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def check_settings(cfg: SweepConfig) -> None:
+    """Each field against the allowed values in its metadata, then the rules that span fields."""
+    try:
+        for name in GRID:
+            check_value(name, getattr(cfg, name), next(f for f in fields(cfg) if f.name == name).metadata)
+        for name, (section, f) in flat_fields().items():
+            check_value(name, getattr(getattr(cfg, section), name), f.metadata)
+    except ConfigValueError as err:
+        raise value_error(err) from None
+    for key, values in (("methods", cfg.methods), ("lengths", cfg.lengths), ("seeds", cfg.seeds)):
+        if not values:
+            raise SweepError(f"{flag(key)} is empty: give at least one value")
+        if len(set(values)) != len(values):
+            raise SweepError(f"{flag(key)} {_show(values)}: a value is repeated (each cell would run twice)")
+    for method in cfg.methods:
+        try:
+            get_method(method)
+        except ValueError as err:
+            raise SweepError(f"--methods: {err}") from None
+    for method in cfg.optim.lr:
+        if method != "*":
+            try:
+                get_method(method)
+            except ValueError as err:
+                raise SweepError(f"--lr {method}=...: {err}") from None
+    for method in cfg.methods:
+        if get_method(method).layer is not None and cfg.optim.lr_for(method) is None:
+            raise SweepError(f"--lr: method {method!r} has no default learning rate: give --lr {method}=VALUE")
+    if cfg.optim.max_steps <= 0 and cfg.optim.epochs <= 0:
+        raise SweepError("--max-steps 0 and --epochs 0: give a positive number of steps or epochs")
+    short = [L for L in cfg.lengths if L < MIN_LEN]
+    if short:
+        raise SweepError(f"--lengths {_show(cfg.lengths)}: {short[0]} is below the task library's minimum of "
+                         f"{MIN_LEN} tokens")
+
+
+def check_devices(cfg: SweepConfig, in_process: bool = False, warn=None) -> None:
+    """Devices, nodes, strategy and accelerator against this machine."""
+    rt = cfg.runtime
+    world = rt.world_size
+    if rt.strategy in ("ddp", "fsdp") and world == 1:
+        raise SweepError(f"--strategy {rt.strategy} needs more than one device in total (--devices 1 x "
+                         f"--num-nodes 1 = 1); use --strategy auto for one device")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if rt.accelerator == "gpu" and gpus == 0:
+        raise SweepError("--accelerator gpu, but this machine has no CUDA GPU (torch.cuda.is_available() is "
+                         "False); use --accelerator cpu or auto")
+    on_gpu = rt.uses_gpu()
+    if rt.strategy == "fsdp" and not on_gpu:
+        raise SweepError("--strategy fsdp runs on GPUs only (Lightning's FSDP needs CUDA): use --accelerator gpu, "
+                         "or --strategy ddp on the CPU")
+    if on_gpu and rt.devices > gpus:
+        raise SweepError(f"--devices {rt.devices}, but this machine has {gpus} GPU(s)")
+    cores = os.cpu_count() or 1
+    if not on_gpu and rt.devices > cores and warn is not None:
+        warn(f"warning: --devices {rt.devices} CPU processes on {cores} core(s): allowed (gloo), but slow")
+    launcher = external_launcher()
+    if launcher and world > 1:
+        ranks = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "0")) or 0)
+        if ranks != world:
+            raise SweepError(f"{launcher} started {ranks} process(es), but --devices {rt.devices} x --num-nodes "
+                             f"{rt.num_nodes} = {world}: make them agree")
+        if not in_process:
+            raise SweepError(f"under {launcher} every rank must run the sweep itself: add --in-process")
+    elif world > 1 and in_process:
+        raise SweepError("--in-process with more than one device needs an external launcher (torchrun or srun, "
+                         "see docs/distributed.md); without --in-process the sweep launches the ranks itself")
+    if world > 1 and rt.num_nodes > 1 and not launcher:
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK") if k not in os.environ]
+        if missing:
+            raise SweepError(f"--num-nodes {rt.num_nodes} without torchrun/srun needs {', '.join(missing)} set on "
+                             f"every node (see docs/distributed.md)")
+
+
+def check_folder(cfg: SweepConfig, folder: Path) -> None:
+    """The folder can be written, every path a cell will write fits the OS limits, and it holds no other sweep."""
+    longest = max((c.tag() for c in cfg.cells()), key=len)
+    deepest = folder / "cells" / longest / LONGEST_FILE
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"  # per process: torchrun's ranks probe at once
+        probe.write_text("ok")
+        probe.unlink()
+        path_max, name_max = os.pathconf(folder, "PC_PATH_MAX"), os.pathconf(folder, "PC_NAME_MAX")
+    except OSError as err:
+        raise SweepError(f"cannot write to the output folder {folder}: {err.strerror or err}") from None
+    if len(os.fsencode(deepest.resolve())) >= path_max or any(len(os.fsencode(p)) > name_max for p in deepest.parts):
+        raise SweepError(f"--out {folder.parent}: the cells' files ({deepest}) would exceed the OS path limit of "
+                         f"{path_max} bytes; use a shorter --out or --name")
+    check_existing(cfg, folder)
+
+
+def check_existing(cfg: SweepConfig, folder: Path) -> None:
+    """A folder holding another sweep's config or an unreadable results.csv is an error, never overwritten."""
+    cfg_path = folder / "config.json"
+    if cfg_path.exists():
+        try:
+            old = json.loads(cfg_path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            raise SweepError(f"{cfg_path} is unreadable: move it away, or use another --name or --out") from None
+        if old.get("schema_version") != SCHEMA_VERSION:
+            raise SweepError(f"{folder} holds a sweep written by another version of ssmlora (schema "
+                             f"{old.get('schema_version')}, this one writes {SCHEMA_VERSION}); use another --name "
+                             f"or --out")
+        mine = cfg.identity()
+        if old.get("identity") != mine:
+            theirs = old.get("identity") or {}
+            changed = [flag(k) for s in SECTIONS for k in mine[s] if (theirs.get(s) or {}).get(k) != mine[s][k]]
+            changed = ["the device (--accelerator)" if c == "--device" else c for c in changed]
+            raise SweepError(f"{folder} holds a sweep with a different configuration (differs in: "
+                             f"{', '.join(changed) or 'layout'}); use another --name or --out, or the original "
+                             f"settings to resume it")
+    res = folder / "results.csv"
+    if res.exists():
+        try:
+            read_results(res)
+        except ResultsFormatError as err:
+            raise SweepError(str(err)) from None
+
+
+def validate(cfg: SweepConfig, out: Path, name: str | None, in_process: bool = False, warn=None) -> Path:
+    """Every check that needs no training, cheapest first; returns the sweep folder (created)."""
+    check_settings(cfg)
+    try:
+        get_task(cfg.data.task)
+    except ValueError as err:  # UnknownTaskError lists the known tasks
+        raise SweepError(str(err)) from None
+    check_devices(cfg, in_process, warn)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a config read can warn about fields this version ignores
+            check_backbone(cfg.model.model, max(cfg.lengths))
+    except BackboneError as err:
+        raise SweepError(str(err)) from None
+    folder = Path(out) / (name or cfg.slug())
+    check_folder(cfg, folder)
+    return folder
