@@ -1,6 +1,6 @@
 """How a backbone's saved activations grow with the context length L (one training step per L, micro-batch 1).
 
-Counts what the forward saves for backward (`ssmlora.memory.SavedActivationCounter`: tensor sizes, so any
+Counts what the forward saves for backward (`ssmlora.lab.memory.SavedActivationCounter`: tensor sizes, so any
 device gives the same figure for the same kernels), prints MiB per sequence per L and the fitted exponent b of
 per-sequence activations = c * L**b: ~1 for SDPA/flash attention, ~2 for eager attention (it keeps the L x L
 probabilities). Autocast's bf16 weight copies are shown apart: they are per step, not per sequence.
@@ -18,8 +18,8 @@ import time
 import torch
 
 from ssmlora import AdapterConfig, inject_adapters
-from ssmlora.backbone import DEFAULT_MODEL, load_backbone
-from ssmlora.memory import activation_scaling, fit_power_law, memory_decomposition
+from ssmlora.lab.backbone import DEFAULT_MODEL, load_backbone
+from ssmlora.lab.memory import activation_scaling, fit_power_law, memory_decomposition
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""ssmlora.memory: sizes, counted activations, analytic state, phase peaks, scaling exponents, frontier."""
+"""ssmlora.lab.memory: sizes, counted activations, analytic state, phase peaks, scaling exponents, frontier."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, BertConfig
 
-from ssmlora.memory import (
+from ssmlora.lab.memory import (
     MiB,
     SavedActivationCounter,
     activation_scaling,
@@ -150,7 +150,7 @@ def test_memory_decomposition_matches_a_real_adamw_state():
 
 def run_phases(code: str) -> dict:
     """Run `code` in a fresh interpreter (own allocator state, own RSS) and return the JSON it prints."""
-    script = "import json, sys, torch\nfrom torch import nn\nfrom ssmlora.memory import *\n" \
+    script = "import json, sys, torch\nfrom torch import nn\nfrom ssmlora.lab.memory import *\n" \
              "torch.set_num_threads(1)\nconfigure_allocator_for_measurement()\n" + textwrap.dedent(code)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
