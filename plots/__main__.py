@@ -1,7 +1,8 @@
 """Command line: ``python -m plots SWEEP`` and ``python -m plots compare SWEEP_A SWEEP_B [--out DIR]``.
 
-Bad input (no folder, no or empty results.csv, missing columns) ends with a one-line ``error:`` message and
-exit status 2; a sweep without a single successful cell gets its figures and report, then exit status 1.
+Bad input (no folder, no or empty results.csv, an unreadable file, a header or row that breaks the results
+contract of ssmlora.results) ends with a one-line ``error:`` message and exit status 2; a sweep without a
+single successful cell gets its figures and report, then exit status 1.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def _or_exit(function, *args):
         return function(*args)
     except (FileNotFoundError, ResultsFormatError, SweepError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as exc:  # unreadable (permissions, a folder named results.csv): still one line, no traceback
+        print(f"error: cannot read {exc.filename or args[0]}: {exc.strerror or exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

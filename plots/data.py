@@ -17,12 +17,8 @@ import numpy as np
 import pandas as pd
 
 from plots.source import SweepError, read_sweep_files  # noqa: F401 (SweepError re-exported)
+from ssmlora.results import NUMERIC_COLUMNS
 
-NUMERIC_COLUMNS = (
-    "max_len", "seed", "accuracy", "macro_f1", "majority_rate", "n_test", "adapter_params", "head_params",
-    "trainable_params", "peak_mem_mb", "peak_reserved_mb", "real_tokens_per_s", "padded_tokens_per_s",
-    "samples_per_s", "step_time_s", "flops_per_step", "mfu", "train_steps", "effective_batch", "wall_s",
-)
 MIN_SEEDS_FOR_INTERVAL = 3
 
 # Two-sided 95% quantiles of Student's t (0.975 quantile) for 1..30 degrees of freedom.
@@ -92,8 +88,8 @@ class Sweep:
 def load_sweep(sweep_dir: str | Path) -> Sweep:
     """Read ``results.csv`` and ``config.json`` of a sweep folder (or a results.csv path).
 
-    Raises FileNotFoundError (no folder or no results.csv), ResultsFormatError (missing columns) or
-    SweepError (empty file, no rows), each with a one-line message.
+    Raises FileNotFoundError (no folder or no results.csv), ResultsFormatError (a header or row that breaks the
+    results contract, with its line) or SweepError (empty file, no rows), each with a one-line message.
     """
     path, rows, config = read_sweep_files(sweep_dir)
     return Sweep(path=path, config=config, table=results_frame(rows))

@@ -13,8 +13,9 @@ class SweepError(ValueError):
 def read_sweep_files(sweep_dir: str | Path) -> tuple[Path, list[dict[str, str]], dict]:
     """(sweep folder, results rows as strings, config dict) of a sweep folder or of its results.csv.
 
-    Raises FileNotFoundError (no folder or no results.csv), ssmlora.results.ResultsFormatError (missing
-    columns) or SweepError (empty file, no rows, bad config.json), each with a one-line message.
+    Raises FileNotFoundError (no folder or no results.csv), ssmlora.results.ResultsFormatError (a header or row
+    that breaks the results contract: file and line named) or SweepError (empty file, no rows, bad
+    config.json), each with a one-line message.
     """
     from ssmlora.results import read_results
 
@@ -24,7 +25,7 @@ def read_sweep_files(sweep_dir: str | Path) -> tuple[Path, list[dict[str, str]],
     if not path.is_dir():
         raise FileNotFoundError(f"no sweep folder at {path}")
     results_path = path / "results.csv"
-    if results_path.exists() and not results_path.read_text().strip():
+    if results_path.exists() and not results_path.read_bytes().strip():  # bytes: the file may not be text
         raise SweepError(f"{results_path} is empty: the sweep recorded no cell yet")
     rows = read_results(results_path)
     if not rows:
@@ -37,7 +38,9 @@ def read_config(path: Path) -> dict:
     if not path.exists():
         return {}
     try:
-        config = json.loads(path.read_text() or "{}")
+        config = json.loads(path.read_bytes() or b"{}")
+    except UnicodeDecodeError:
+        raise SweepError(f"{path} is not text (not UTF-8)") from None
     except json.JSONDecodeError as exc:
         raise SweepError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
     return config if isinstance(config, dict) else {}
