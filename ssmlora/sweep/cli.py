@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="lightning_logs", help="parent folder of sweep folders")
     p.add_argument("--name", default=None, help="sweep folder name (default: task-model-<config hash>)")
     p.add_argument("--retry-failed", action="store_true", help="rerun cells recorded as oom/failed")
+    p.add_argument("--repair", action="store_true",
+                   help="move unreadable rows of results.csv (or rows of another configuration) to results.bad.csv "
+                        "and rerun their cells, instead of refusing the folder")
     p.add_argument("--in-process", action="store_true",
                    help="run cells in this process (no memory isolation; for torchrun/srun and debugging)")
     p.add_argument("--dry-run", action="store_true", help="validate everything and list the cells, train nothing")
@@ -138,11 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         if args.dry_run:
-            folder = validate(cfg, args.out, args.name, args.in_process)
+            folder = validate(cfg, args.out, args.name, args.in_process, repair=args.repair)
             print(f"{len(cfg.cells())} cells into {folder}: " + ", ".join(c.tag() for c in cfg.cells()))
             return 0
         folder, rows = run_sweep(cfg, out=args.out, name=args.name, retry_failed=args.retry_failed,
-                                 in_process=args.in_process)
+                                 in_process=args.in_process, repair=args.repair)
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

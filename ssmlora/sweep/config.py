@@ -73,12 +73,13 @@ class SweepConfig:
         return json.loads(json.dumps(out))  # tuples become lists, as they read back from config.json
 
     def identity_hash(self) -> str:
-        return hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
+        """sha1 of the identity: stamped on every result row, so a row is reused only by its own configuration."""
+        return hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()
 
     def slug(self) -> str:
         """Readable folder name plus the identity hash: same configuration -> same folder."""
         model = Path(self.model.model.rstrip("/")).name.replace("/", "_") or "model"
-        return f"{self.data.task}-{model}-{self.identity_hash()}"
+        return f"{self.data.task}-{model}-{self.identity_hash()[:8]}"
 
     def cell(self, method: str, length: int, seed: int) -> CellConfig:
         """The configuration of one cell of the grid."""

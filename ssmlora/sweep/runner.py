@@ -2,7 +2,8 @@
 
 Layout of a sweep folder `<out>/<name>/`:
   config.json           the configuration tree, the resolved per-cell values and the environment
-  results.csv           one row per finished cell (ssmlora.results), rewritten atomically after every cell
+  results.csv           one row per finished cell (ssmlora.results), merged in under a lock after every cell
+  claims/               which process runs which cell (ssmlora.claims)
   cells/<cell>/         Lightning's CSVLogger output, the cell's result.json and its saved adapter
   probe/                the linear probe's cached frozen features, per (length, seed)
 
@@ -12,6 +13,7 @@ srun) every rank runs the whole sweep in process instead, and only global rank 0
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,7 +25,8 @@ from pathlib import Path
 
 from ssmlora.lab.cell import CellConfig, run_cell_safely
 from ssmlora.lab.runtime import batch_plan, environment, is_rank_zero
-from ssmlora.results import SCHEMA_VERSION, cell_key, read_results, write_results
+from ssmlora.claims import claim_cell, describe_holder
+from ssmlora.results import CELL_KEY, SCHEMA_VERSION, cell_key, read_results, update_results
 from ssmlora.sweep.config import GRID, SweepConfig
 from ssmlora.sweep.launch import run_cell_in_process
 from ssmlora.sweep.validate import validate
@@ -81,13 +84,13 @@ class Progress:
     def begin(self, i: int, cell: CellConfig) -> None:
         self.log(f"[{i}/{self.total}] {self.describe(cell)} ...", flush=True)
 
-    def skipped(self, i: int, cell: CellConfig, status: str) -> None:
-        self.log(f"[{i}/{self.total}] {self.describe(cell)}: done before ({status}), skipped")
+    def skipped(self, i: int, cell: CellConfig, why: str) -> None:
+        self.log(f"[{i}/{self.total}] {self.describe(cell)}: skipped, {why}")
 
     def finished(self, i: int, cell: CellConfig, row: dict) -> None:
         wall = float(row.get("wall_s") or 0)
         self.walls.append(wall)
-        left = sum(self.walls) / len(self.walls) * (self.total - i)
+        left = sum(self.walls) / len(self.walls) * (self.total - i)  # skipped cells count too: an upper bound
         score = (f", accuracy {float(row['accuracy']):.3f} (majority {float(row['majority_rate']):.3f})"
                  if row.get("accuracy") not in (None, "") else "")
         self.log(f"[{i}/{self.total}] {self.describe(cell)}: {row['status']}{score}, {wall:.0f} s | sweep "
@@ -105,43 +108,80 @@ def _clock(seconds: float) -> str:
 
 
 def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name: str | None = None,
-              retry_failed: bool = False, in_process: bool = False, log=print) -> tuple[Path, list[dict]]:
-    """Validate, then run every missing cell, writing results.csv after each. Returns (folder, all rows)."""
-    folder = validate(cfg, Path(out), name, in_process, warn=lambda m: print(m, file=sys.stderr))
+              retry_failed: bool = False, in_process: bool = False, repair: bool = False,
+              log=print) -> tuple[Path, list[dict]]:
+    """Validate, then run every cell that has no row yet; return (folder, every row of the folder).
+
+    Several processes may run one sweep into one folder (N workers of one grid, or an accident): each cell is
+    claimed by one process (ssmlora.claims) and the others move on to the next; each finished row is merged into
+    results.csv under a lock (ssmlora.results.update_results), so no process drops another's rows.
+    """
+    folder = validate(cfg, Path(out), name, in_process, repair=repair, warn=lambda m: print(m, file=sys.stderr))
     if not is_rank_zero():  # under torchrun / srun every rank runs this loop; one of them talks
         log = lambda *args, **kwargs: None  # noqa: E731
+    sweep_hash = cfg.identity_hash()
     res_path = folder / "results.csv"
-    rows = read_results(res_path) if res_path.exists() else []
     old_cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
     if is_rank_zero():
-        (folder / ".config.json.tmp").write_text(json.dumps(config_json(cfg, folder.name, old_cfg), indent=2,
-                                                            default=str))
-        os.replace(folder / ".config.json.tmp", folder / "config.json")
+        tmp = folder / f".config.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(config_json(cfg, folder.name, old_cfg), indent=2, default=str))
+        os.replace(tmp, folder / "config.json")
 
     if not in_process and threading.current_thread() is threading.main_thread():
         # `kill <pid>` (SIGTERM) stops the sweep the way Ctrl-C does: the running cell's processes are ended
         # with it and every finished row is already on disk.
         signal.signal(signal.SIGTERM, _interrupt)
-    done = {cell_key(r): r for r in rows if retry_failed is False or r.get("status") == "ok"}
+    # Ranks started by torchrun / srun must all take the same cells, so only a sweep of one process claims.
+    claims = not (in_process and cfg.runtime.world_size > 1)
     cells = cfg.cells()
     progress = Progress(len(cells), log)
     for i, cell in enumerate(cells, 1):
         key = row_key(cfg, cell)
+        done = _finished(res_path, sweep_hash, retry_failed)
         if key in done:
-            progress.skipped(i, cell, done[key].get("status"))
+            progress.skipped(i, cell, f"done before ({done[key].get('status')})")
             continue
-        progress.begin(i, cell)
-        cell_dir = folder / "cells" / cell.tag()
-        if in_process:
-            result = run_cell_safely(cell, cell_dir, folder / "probe")
-        else:
-            result = run_cell_in_process(cell, cell_dir, folder / "probe", port_offset=i)
-        row = {**base_row(cfg, cell), **result}
-        rows = [r for r in rows if cell_key(r) != key] + [row]
-        if is_rank_zero():
-            write_results(res_path, rows)
-        progress.finished(i, cell, row)
+        claim = claim_cell(folder, cell.tag()) if claims else None
+        if claims and claim is None:
+            progress.skipped(i, cell, f"{describe_holder(folder, cell.tag())} (another sweep process)")
+            continue
+        with claim or contextlib.nullcontext():
+            if claim is not None and claim.note:
+                log(claim.note)
+            done = _finished(res_path, sweep_hash, retry_failed)  # another process may have finished it meanwhile
+            if key in done:
+                progress.skipped(i, cell, f"done by another sweep process ({done[key].get('status')})")
+                continue
+            progress.begin(i, cell)
+            cell_dir = folder / "cells" / cell.tag()
+            if in_process:
+                result = run_cell_safely(cell, cell_dir, folder / "probe")
+            else:
+                result = run_cell_in_process(cell, cell_dir, folder / "probe", port_offset=i)
+            row = {**base_row(cfg, cell), **result}
+            if is_rank_zero():
+                row = _record(res_path, row, sweep_hash)
+            progress.finished(i, cell, row)
+    rows = read_results(res_path, sweep_hash=sweep_hash) if res_path.exists() else []
     return folder, rows
+
+
+def _finished(res_path: Path, sweep_hash: str, retry_failed: bool) -> dict[tuple, dict]:
+    """The cells results.csv holds, read fresh (other processes may be writing it); failed ones left out
+    when they are to be retried."""
+    rows = read_results(res_path, sweep_hash=sweep_hash) if res_path.exists() else []
+    return {cell_key(r): r for r in rows if not retry_failed or r.get("status") == "ok"}
+
+
+def _record(res_path: Path, row: dict, sweep_hash: str) -> dict:
+    """Merge one cell's row into results.csv; a row that breaks the contract is recorded as a failed cell."""
+    try:
+        update_results(res_path, [row], sweep_hash=sweep_hash)
+    except ValueError as err:
+        row = {**{k: row.get(k) for k in CELL_KEY}, "precision": row.get("precision"),
+               "status": f"failed: invalid result row: {str(err).splitlines()[0][:160]}", "wall_s": row.get("wall_s")}
+        update_results(res_path, [row], sweep_hash=sweep_hash)
+    return row
 
 
 def _interrupt(signum, frame) -> None:

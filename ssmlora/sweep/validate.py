@@ -19,7 +19,7 @@ from ssmlora.config import ConfigValueError, check_value
 from ssmlora.lab.backbone import BackboneError, check_backbone
 from ssmlora.lab.runtime import external_launcher
 from ssmlora.methods import get_method
-from ssmlora.results import SCHEMA_VERSION, ResultsFormatError, read_results
+from ssmlora.results import SCHEMA_VERSION, ResultsFormatError, read_results, repair_results
 from ssmlora.sweep.config import GRID, SECTIONS, SweepConfig, flat_fields
 
 LONGEST_FILE = "adapter/adapter_model.safetensors"  # the deepest path a cell writes below its folder
@@ -115,7 +115,7 @@ def check_devices(cfg: SweepConfig, in_process: bool = False, warn=None) -> None
                              f"every node (see docs/distributed.md)")
 
 
-def check_folder(cfg: SweepConfig, folder: Path) -> None:
+def check_folder(cfg: SweepConfig, folder: Path, repair: bool = False, warn=None) -> None:
     """The folder can be written, every path a cell will write fits the OS limits, and it holds no other sweep."""
     longest = max((c.tag() for c in cfg.cells()), key=len)
     deepest = folder / "cells" / longest / LONGEST_FILE
@@ -130,11 +130,12 @@ def check_folder(cfg: SweepConfig, folder: Path) -> None:
     if len(os.fsencode(deepest.resolve())) >= path_max or any(len(os.fsencode(p)) > name_max for p in deepest.parts):
         raise SweepError(f"--out {folder.parent}: the cells' files ({deepest}) would exceed the OS path limit of "
                          f"{path_max} bytes; use a shorter --out or --name")
-    check_existing(cfg, folder)
+    check_existing(cfg, folder, repair, warn)
 
 
-def check_existing(cfg: SweepConfig, folder: Path) -> None:
-    """A folder holding another sweep's config or an unreadable results.csv is an error, never overwritten."""
+def check_existing(cfg: SweepConfig, folder: Path, repair: bool = False, warn=None) -> None:
+    """A folder holding another sweep's config, or rows that are unreadable or of another configuration, is an
+    error, never overwritten. `repair` moves such rows to results.bad.csv instead, so their cells run again."""
     cfg_path = folder / "config.json"
     if cfg_path.exists():
         try:
@@ -156,12 +157,19 @@ def check_existing(cfg: SweepConfig, folder: Path) -> None:
     res = folder / "results.csv"
     if res.exists():
         try:
-            read_results(res)
+            if repair:
+                bad = repair_results(res, sweep_hash=cfg.identity_hash())
+                if bad and warn is not None:
+                    warn(f"--repair: moved {len(bad)} bad row(s) of {res} to {res.with_name('results.bad.csv')}; "
+                         f"their cells run again")
+            read_results(res, sweep_hash=cfg.identity_hash())
         except ResultsFormatError as err:
-            raise SweepError(str(err)) from None
+            hint = "" if repair else "; or rerun with --repair to set the bad rows aside and rerun their cells"
+            raise SweepError(f"{err}{hint}") from None
 
 
-def validate(cfg: SweepConfig, out: Path, name: str | None, in_process: bool = False, warn=None) -> Path:
+def validate(cfg: SweepConfig, out: Path, name: str | None, in_process: bool = False, repair: bool = False,
+             warn=None) -> Path:
     """Every check that needs no training, cheapest first; returns the sweep folder (created)."""
     check_settings(cfg)
     try:
@@ -176,5 +184,5 @@ def validate(cfg: SweepConfig, out: Path, name: str | None, in_process: bool = F
     except BackboneError as err:
         raise SweepError(str(err)) from None
     folder = Path(out) / (name or cfg.slug())
-    check_folder(cfg, folder)
+    check_folder(cfg, folder, repair, warn)
     return folder
