@@ -1,7 +1,9 @@
-"""SSMLoRA against a direct implementation of SPEC.md §1's equations, its state chains and its training rules."""
+"""SSMLoRA against direct implementations of its equations (the paper's and the released code's), its state
+chains, its normalisations and its training rules (checkpointing, inference mode, saved state)."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ssmlora import (
     AdapterConfig,
@@ -18,7 +20,7 @@ EPS = 1e-6
 
 
 def reference_step(x, h, Wa, Wb, Wc, Wd, base, scale):
-    """SPEC.md §1, written out: returns (y, normalised state)."""
+    """The module's equations with the exact min-max normalisation, written out: returns (y, normalised state)."""
     u = x @ Wa
     h_next = h @ Wc + u @ Wd + h
     lo = h_next.min(dim=-1, keepdim=True).values
@@ -183,27 +185,65 @@ def test_carry_state_is_saved_and_loaded(tmp_path):
         assert torch.equal(loaded(input_ids=ids).logits, expected)
 
 
-def _grads(model, ids, labels, passes=1):
-    model.zero_grad()
-    for _ in range(passes):
-        model(input_ids=ids, labels=labels).loss.backward()
+def _summed_grads(model, batches):
+    """One backward through the summed losses of several forward passes (R-Drop, pairwise losses)."""
+    model.zero_grad(set_to_none=True)
+    loss = sum(model(input_ids=ids, labels=ids[:, 0] % 3).loss for ids in batches)
+    loss.backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _checkpointing_on(model):
+    return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+
+@pytest.mark.parametrize("passes", [2, 3])
 @pytest.mark.parametrize("mode", ["depth", "carry"])
-def test_gradient_checkpointing_gives_the_same_gradients(mode):
-    ids, labels = tiny_batch(2, 10), torch.tensor([1, 2])
-    plain = _ssm_model("llama", mode).train()
-    checkpointed = _ssm_model("llama", mode).train()
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_gradient_checkpointing_gives_the_same_gradients(family, mode, passes):
+    batches = [tiny_batch(2, 10, seed=s) for s in range(passes)]
+    plain = _ssm_model(family, mode).train()
+    checkpointed = _ssm_model(family, mode).train()
     enable_gradient_checkpointing(checkpointed)
-    assert checkpointed.model.gradient_checkpointing
-    expected = _grads(plain, ids, labels, passes=2)
-    got = _grads(checkpointed, ids, labels, passes=2)
+    assert _checkpointing_on(checkpointed) and not _checkpointing_on(plain)
+    expected, got = _summed_grads(plain, batches), _summed_grads(checkpointed, batches)
     assert expected.keys() == got.keys()
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=1e-5, msg=name)
-    if mode == "carry":  # the carried state advanced once per pass, not once more per recompute
-        torch.testing.assert_close(checkpointed.ssm_state.states()["o"], plain.ssm_state.states()["o"])
+    for name, want in expected.items():
+        scale = want.abs().max().item()
+        assert scale > 0 or name.endswith("Wc"), name  # only a first link's Wc may have seen zero states only
+        torch.testing.assert_close(got[name], want, rtol=1e-4, atol=1e-4 * scale, msg=name)
+    if mode == "carry":  # the carried state advanced once per pass, not once more per recomputation
+        for key, state in plain.ssm_state.states().items():
+            torch.testing.assert_close(checkpointed.ssm_state.states()[key], state, msg=key)
+
+
+def test_checkpointing_without_the_state_tape_fails_loudly():
+    model = _ssm_model("llama", "carry").train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # no context_fn
+    ids = tiny_batch(2, 6)
+    loss = model(input_ids=ids, labels=ids[:, 0] % 3).loss
+    with pytest.raises(RuntimeError, match="enable_gradient_checkpointing"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("method, mode", [("lora", "depth"), ("ssmlora", "depth"), ("ssmlora", "carry")])
+def test_inference_mode_forward_then_training_steps(method, mode, checkpointing):
+    model = inject_adapters(tiny_model("llama"), AdapterConfig(method=method, ssm_mode=mode)).train()
+    if checkpointing:
+        enable_gradient_checkpointing(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    with torch.inference_mode():  # e.g. a validation pass between training steps
+        model(input_ids=tiny_batch(3, 7))
+    for step in range(3):
+        ids = tiny_batch(2, 8, seed=step)
+        model(input_ids=ids, labels=ids[:, 0] % 3).loss.backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params), step
+        opt.step()
+        opt.zero_grad()
+        with torch.inference_mode():
+            model(input_ids=ids)
 
 
 @pytest.mark.parametrize("method", ["lora", "ssmlora"])
