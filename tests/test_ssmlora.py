@@ -322,7 +322,11 @@ def test_smooth_norm_keeps_adapter_gradients_in_proportion_at_init(family, mode)
 
 
 def test_norm_default_is_the_exact_min_max():
-    assert AdapterConfig().norm == "minmax"
+    from ssmlora.config import NORMS
+    from ssmlora.ssm import NORMS as LAYER_NORMS
+
+    assert NORMS == LAYER_NORMS
+    assert AdapterConfig().norm == "minmax" and AdapterConfig().freeze_adapted_head is False
     assert AdapterConfig(method="ssmlora", norm="smooth").norm == "smooth"
     with pytest.raises(ValueError, match="unknown norm"):
         AdapterConfig(norm="layer")
