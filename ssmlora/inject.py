@@ -8,15 +8,16 @@ from ssmlora.arch import family_of, find_head, num_layers, select_sites
 from ssmlora.config import AdapterConfig
 from ssmlora.lora import AdapterLinear
 from ssmlora.methods import BUS_NAME, adapter_param_names, get_method
-from ssmlora.ssm import SSMStateBus
+from ssmlora.ssm import SSMStateBus, checkpoint_context_fn
 
 
 def inject_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """Freeze `model`, wrap the scheme's projections in `LoRALinear` / `SSMLoRALinear`, return it (in place).
 
     Which projections are wrapped, and in what, is the method's registry entry (ssmlora.methods). The
-    classifier head (new, random weights) trains fully when `config.train_head`; a method without a layer
-    (`frozen`) trains only the head: the cost floor of the sweep.
+    classifier head (new, random weights) trains fully when `config.train_head`, except that with
+    `config.freeze_adapted_head` a head projection carrying an adapter stays frozen (only its adapter trains).
+    A method without a layer (`frozen`) trains only the head: the cost floor of the sweep.
     """
     if getattr(model, "adapter_config", None) is not None:
         raise ValueError("this model already has adapters: build a fresh model (or load_adapters into one)")
@@ -34,6 +35,10 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     for name, param in model.named_parameters():
         if name.startswith(head_path + ".") and not _is_adapter_param(name):
             param.requires_grad_(config.train_head)
+    if config.freeze_adapted_head:
+        for wrapper, site in zip(wrappers, sites):
+            if site.role == "head":
+                wrapper.base.requires_grad_(False)
     model.adapter_config = config
     model.adapter_head_path = head_path
     model.adapter_sites = sites
@@ -72,7 +77,11 @@ def trainable_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Adapter, head, trainable and total parameter counts (the head is reported separately, as in the paper)."""
+    """Adapter, head, trainable and total parameter counts.
+
+    As the paper's tables count them: `adapter_params` holds only adapter matrices (a head adapter's included);
+    trainable classifier-head weights are reported separately as `head_params`.
+    """
     groups = trainable_groups(model)
     size = lambda kind: sum(p.numel() for _, p in groups[kind])  # noqa: E731
     return dict(
@@ -112,9 +121,13 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     """Hugging Face gradient checkpointing in its non-reentrant form.
 
     The reentrant form drops the gradients of a checkpointed block whose inputs do not require grad, which is
-    every block of a frozen backbone; the non-reentrant form does not.
+    every block of a frozen backbone; the non-reentrant form does not. Its `context_fn` gives every checkpointed
+    call a tape of SSMLoRA entry states, so that a recomputation sees the state its own forward saw, however
+    many forward passes ran before the backward.
     """
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.gradient_checkpointing_enable(
+        gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": checkpoint_context_fn}
+    )
 
 
 def model_fingerprint(model: nn.Module) -> dict:

@@ -98,7 +98,7 @@ def _ssmlora_scheme(role: str, layer: int | None, targets: str) -> bool:
 
 
 def _ssmlora_layer(base: nn.Module, config: "AdapterConfig") -> SSMLoRALinear:
-    return SSMLoRALinear(base, config.r, config.scaling, config.dropout, config.eps)
+    return SSMLoRALinear(base, config.r, config.scaling, config.dropout, config.eps, config.norm)
 
 
 def _chain_key(site: "Site", mode: str) -> str:

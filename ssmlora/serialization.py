@@ -1,7 +1,9 @@
 """Adapter checkpoints: `adapter_config.json` + `adapter_model.safetensors`, as PEFT lays them out.
 
 The safetensors file holds only what training changed: adapter matrices, the head (if trained) and, in
-SSMLoRA's ``carry`` mode, the carried states. The JSON holds the `AdapterConfig` and a fingerprint of the
+SSMLoRA's ``carry`` mode, the carried states. A carry-mode score depends on the state the evaluation started
+from, so `ssm_state_snapshot` takes that state before scoring and `save_adapters(..., ssm_state=snapshot)`
+stores exactly it; `load_adapters` restores it bit for bit. The JSON holds the `AdapterConfig` and a fingerprint of the
 model it was trained on, so loading into another model fails with a message instead of a shape error.
 """
 
@@ -10,11 +12,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from ssmlora.config import AdapterConfig
 from ssmlora.inject import BUS_NAME, inject_adapters, model_fingerprint
+from ssmlora.ssm import SSMStateBus
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -22,19 +26,65 @@ FORMAT_VERSION = 1
 _STATE_PREFIX = "ssm_state::"
 
 
-def save_adapters(model: nn.Module, directory: str | Path) -> Path:
-    """Write the trained adapter (and head) weights of `model` to `directory`."""
+def _carry_bus(model: nn.Module) -> SSMStateBus | None:
+    config: AdapterConfig | None = getattr(model, "adapter_config", None)
+    bus = getattr(model, BUS_NAME, None)
+    if config is None or config.method != "ssmlora" or config.ssm_mode != "carry" or not isinstance(bus, SSMStateBus):
+        return None
+    return bus
+
+
+def ssm_state_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the states SSMLoRA carries into the next forward pass (``carry`` mode; `{}` otherwise).
+
+    Take it right before scoring: the scores then follow from the weights and this snapshot alone.
+    Chains that hold no state yet (they start from zero) are absent.
+    """
+    bus = _carry_bus(model)
+    if bus is None:
+        return {}
+    return {key: state.detach().clone() for key, state in bus.states().items() if state.numel()}
+
+
+def load_ssm_state(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
+    """Make `snapshot` (from `ssm_state_snapshot`) the carried state of `model`; absent chains start from zero."""
+    bus = _carry_bus(model)
+    if bus is None:
+        if snapshot:
+            raise ValueError("this model carries no SSMLoRA state (not SSMLoRA in carry mode): cannot load one")
+        return
+    unknown = sorted(set(snapshot) - set(bus.keys))
+    if unknown:
+        raise ValueError(f"SSM state snapshot has chains {unknown[:5]} that this model does not have")
+    device = next(model.parameters()).device
+    bus.reset()
+    bus.load_states({key: state.detach().clone().to(device) for key, state in snapshot.items()})
+
+
+def save_adapters(
+    model: nn.Module, directory: str | Path, ssm_state: dict[str, torch.Tensor] | None = None
+) -> Path:
+    """Write the trained adapter (and head) weights of `model` to `directory`.
+
+    In ``carry`` mode the carried SSMLoRA states are written too: `ssm_state` (a `ssm_state_snapshot`, e.g. the
+    one taken before the test score) if given, else the model's live state.
+    """
     config: AdapterConfig | None = getattr(model, "adapter_config", None)
     if config is None:
         raise ValueError("this model has no adapters: call inject_adapters(model, config) first")
+    bus = _carry_bus(model)
+    if ssm_state is not None and bus is None and ssm_state:
+        raise ValueError("ssm_state given, but this model carries no SSMLoRA state (not SSMLoRA in carry mode)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
-    bus = getattr(model, BUS_NAME, None)
-    if bus is not None and config.ssm_mode == "carry":
-        for key, state in bus.states().items():
-            if state.numel():
-                tensors[_STATE_PREFIX + key] = state.detach().contiguous()
+    if bus is not None:
+        states = ssm_state_snapshot(model) if ssm_state is None else ssm_state
+        unknown = sorted(set(states) - set(bus.keys))
+        if unknown:
+            raise ValueError(f"ssm_state has chains {unknown[:5]} that this model does not have")
+        for key, state in states.items():
+            tensors[_STATE_PREFIX + key] = state.detach().contiguous()
     save_file(tensors, directory / WEIGHTS_NAME, metadata={"format": "pt", "ssmlora_format": str(FORMAT_VERSION)})
     meta = {
         "format_version": FORMAT_VERSION,
@@ -90,6 +140,6 @@ def load_adapters(model: nn.Module, directory: str | Path) -> nn.Module:
                 f"{tuple(params[name].shape)} (another rank or model size?)"
             )
         params[name].data.copy_(value)
-    if states:
-        getattr(model, BUS_NAME).load_states({k: v.to(next(model.parameters()).device) for k, v in states.items()})
+    if _carry_bus(model) is not None:
+        load_ssm_state(model, states)  # replaces any live state: the model continues from the saved one
     return model

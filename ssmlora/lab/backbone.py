@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from data_prep import MAX_EXTENDED_LEN
+from ssmlora.inject import enable_gradient_checkpointing
 from data_prep.models import DEFAULT_MODEL, default_model_dir, resolve_model_path  # noqa: F401 (re-exported)
 
 ATTN_IMPLS = ("auto", "flash_attention_2", "sdpa", "eager")
@@ -274,7 +275,7 @@ def load_backbone(
     if pooling == "mean" or (pooling == "auto" and sentence_transformers_pooling(info.path) == "mean"):
         info.pooling = "mean" if use_mean_pooling(model) else "model"
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(model)  # with the context SSMLoRA's recompute needs
     info.attn_impl = getattr(model.config, "_attn_implementation", None) or attn
     info.max_len = max(max_len, info.native_max_len)
     return model, info
