@@ -389,25 +389,33 @@ def released_step(x, h, m):
     return m.base(x) + RELEASED_ALPHA * (u + h_norm) @ m.Wb, h_norm
 
 
-def _carry_reference_error(model, shapes=SHAPES):
-    """Largest |library - reference| over every adapter output of `len(shapes)` eval-mode passes."""
-    records, adapters = _capture(model), _adapters(model)
-    with torch.no_grad():
-        for i, (b, l) in enumerate(shapes):
-            model(input_ids=tiny_batch(b, l, seed=i))
-    state, worst = {}, 0.0
-    for p in range(len(shapes)):
+def _released_chain_inputs(adapters, records, passes):
+    """(name, adapter, input, output, incoming state) of every recorded adapter call, in chain order, with the
+    state the released code would carry into it (its pad/cut rule across passes of other shapes)."""
+    state = {}
+    for p in range(passes):
         for key, names in _expected_chains("llama", "carry").items():
             h = None
             for name in names:
                 m = adapters[name]
                 x, y = records[name][p]
                 if h is None:
-                    h = state.get(key, torch.zeros(*x.shape[:-1], m.r))
-                    h = released_fit(h, x.shape[:-1])
-                y_ref, h = released_step(x, h, m)
-                worst = max(worst, (y - y_ref).abs().max().item())
+                    h = released_fit(state.get(key, torch.zeros(*x.shape[:-1], m.r)), x.shape[:-1])
+                yield name, m, x, y, h
+                _, h = released_step(x, h, m)
             state[key] = h
+
+
+def _carry_reference_error(model, shapes=SHAPES):
+    """Largest |library - reference| over every adapter output of `len(shapes)` eval-mode passes."""
+    records, adapters = _capture(model), _adapters(model)
+    with torch.no_grad():
+        for i, (b, l) in enumerate(shapes):
+            model(input_ids=tiny_batch(b, l, seed=i))
+    worst = 0.0
+    for name, m, x, y, h in _released_chain_inputs(adapters, records, len(shapes)):
+        y_ref, _ = released_step(x, h, m)
+        worst = max(worst, (y - y_ref).abs().max().item())
     return worst
 
 
@@ -462,28 +470,19 @@ def test_released_code_dropout_is_on_the_state_term_only():
     with torch.no_grad():
         for i, (b, l) in enumerate(SHAPES[:2]):
             model(input_ids=tiny_batch(b, l, seed=i))
-    state, dropped, total = {}, 0, 0
-    for p in range(2):
-        for key, names in _expected_chains("llama", "carry").items():
-            h = None
-            for name in names:
-                m = adapters[name]
-                x, y = records[name][p]
-                if h is None:
-                    h = released_fit(state.get(key, torch.zeros(*x.shape[:-1], m.r)), x.shape[:-1])
-                _, h_next = released_step(x, h, m)
-                if m.out_features >= m.r:  # Wb has full column rank: the state term is recoverable
-                    u = x @ m.Wa
-                    target = ((y - m.base(x)) / RELEASED_ALPHA - u @ m.Wb).reshape(-1, m.out_features)
-                    term = torch.linalg.lstsq(m.Wb.t(), target.t()).solution.t().reshape(h_next.shape)
-                    kept = (term - h_next / (1 - RELEASED_P)).abs() < 1e-3
-                    zero = term.abs() < 1e-3
-                    assert (kept | zero).all(), name
-                    live = h_next > 0.05
-                    dropped += (zero & live).sum().item()
-                    total += live.sum().item()
-                h = h_next
-            state[key] = h
+    dropped, total = 0, 0
+    for name, m, x, y, h in _released_chain_inputs(adapters, records, 2):
+        _, h_next = released_step(x, h, m)
+        if m.out_features >= m.r:  # Wb has full column rank: the state term is recoverable
+            u = x @ m.Wa
+            target = ((y - m.base(x)) / RELEASED_ALPHA - u @ m.Wb).reshape(-1, m.out_features)
+            term = torch.linalg.lstsq(m.Wb.t(), target.t()).solution.t().reshape(h_next.shape)
+            kept = (term - h_next / (1 - RELEASED_P)).abs() < 1e-3
+            zero = term.abs() < 1e-3
+            assert (kept | zero).all(), name
+            live = h_next > 0.05
+            dropped += (zero & live).sum().item()
+            total += live.sum().item()
     assert total > 1000 and abs(dropped / total - RELEASED_P) < 0.03
 
 
