@@ -94,11 +94,12 @@ class AdapterConfig:
     )
     scale: str = field(default="alpha/r", metadata={"help": "adapter output scale: alpha/r (LoRA convention) | "
                                                             "alpha (released code)", "choices": SCALES})
-    train_head: bool = field(default=True, metadata={"help": "train the classifier head fully (new, random weights)"})
+    train_head: bool = field(default=True, metadata={"help": "train the classifier head's weights; a head projection "
+                                                       "that carries an adapter stays frozen, its adapter trains"})
     eps: float = field(default=1e-6, metadata={"help": "SSMLoRA min-max normalisation epsilon (norm='minmax' only)",
                                                "gt": 0})
     norm: str = field(
-        default="minmax",
+        default="smooth",
         metadata={
             "help": "SSMLoRA state normalisation, per token over its r features, R = max - min: minmax = "
             "(h - min) / (R + eps), the released code; its gradient at a flat state (every state at init) is "
@@ -106,16 +107,6 @@ class AdapterConfig:
             "starves the rest of the step | smooth = (h - min) / sqrt(R^2 + 1): min-max for R >> 1, only a "
             "shift for R << 1, output still in [0, 1), derivative bounded by 1 (see ssmlora/ssm.py)",
             "choices": NORMS,
-        },
-    )
-    freeze_adapted_head: bool = field(
-        default=False,
-        metadata={
-            "help": "True: a head projection that carries an adapter is frozen and its adapter trains on top (the "
-            "released code), so a head projection is either adapted or trained, never both; other head modules "
-            "(RoBERTa's classifier.dense) and an unadapted head still follow train_head. False: the adapted head "
-            "projection also trains fully when train_head. Parameter counts are unchanged in kind: adapter "
-            "matrices count as adapter_params, trainable head weights as head_params"
         },
     )
 
@@ -139,11 +130,11 @@ class AdapterConfig:
     @classmethod
     def released_code(cls, **overrides) -> "AdapterConfig":
         """SSMLoRA as the authors' released code computes it: state carried across forward passes, output scale
-        alpha (not alpha/r), eps 1e-8 in the exact min-max normalisation, dropout 0.1 on the state term, and a
-        frozen classifier head whose adapter trains on top. `overrides` change single fields (e.g. r)."""
+        alpha (not alpha/r), eps 1e-8 in the exact min-max normalisation, dropout 0.1 on the state term, and
+        no head weights trained outside the adapters. `overrides` change single fields (e.g. r)."""
         settings = dict(
             method="ssmlora", ssm_mode="carry", scale="alpha", eps=1e-8, norm="minmax", dropout=0.1,
-            train_head=False, freeze_adapted_head=True,
+            train_head=False,
         )
         return cls(**{**settings, **overrides})
 

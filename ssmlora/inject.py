@@ -15,8 +15,9 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """Freeze `model`, wrap the scheme's projections in `LoRALinear` / `SSMLoRALinear`, return it (in place).
 
     Which projections are wrapped, and in what, is the method's registry entry (ssmlora.methods). The
-    classifier head (new, random weights) trains fully when `config.train_head`, except that with
-    `config.freeze_adapted_head` a head projection carrying an adapter stays frozen (only its adapter trains).
+    classifier head trains fully when `config.train_head`, except a head projection that carries an adapter:
+    that one stays frozen and only its adapter trains (as in the released code), so a head weight is either
+    adapted or trained, never both, and the paper's parameter counts (adapter matrices only) stay meaningful.
     A method without a layer (`frozen`) trains only the head: the cost floor of the sweep.
     """
     if getattr(model, "adapter_config", None) is not None:
@@ -35,10 +36,9 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     for name, param in model.named_parameters():
         if name.startswith(head_path + ".") and not _is_adapter_param(name):
             param.requires_grad_(config.train_head)
-    if config.freeze_adapted_head:
-        for wrapper, site in zip(wrappers, sites):
-            if site.role == "head":
-                wrapper.base.requires_grad_(False)
+    for wrapper, site in zip(wrappers, sites):
+        if site.role == "head":
+            wrapper.base.requires_grad_(False)
     model.adapter_config = config
     model.adapter_head_path = head_path
     model.adapter_sites = sites

@@ -77,7 +77,7 @@ def save_adapters(
         raise ValueError("ssm_state given, but this model carries no SSMLoRA state (not SSMLoRA in carry mode)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    tensors = {name: p.detach().contiguous() for name, p in _saved_parameters(model).items()}
     if bus is not None:
         states = ssm_state_snapshot(model) if ssm_state is None else ssm_state
         unknown = sorted(set(states) - set(bus.keys))
@@ -94,6 +94,13 @@ def save_adapters(
     }
     (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
     return directory
+
+
+def _saved_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """What a checkpoint holds: every trainable parameter, plus the whole classifier head, which is new (not in
+    the pretrained weights) even where it is frozen (an adapted head projection, or one fitted by a probe)."""
+    head = model.adapter_head_path + "."
+    return {name: p for name, p in model.named_parameters() if p.requires_grad or name.startswith(head)}
 
 
 def load_adapters(model: nn.Module, directory: str | Path) -> nn.Module:
@@ -125,8 +132,8 @@ def load_adapters(model: nn.Module, directory: str | Path) -> nn.Module:
     tensors = load_file(weights_path)
     states = {k[len(_STATE_PREFIX):]: v for k, v in tensors.items() if k.startswith(_STATE_PREFIX)}
     weights = {k: v for k, v in tensors.items() if not k.startswith(_STATE_PREFIX)}
-    params = dict(model.named_parameters())
-    expected = {name for name, p in params.items() if p.requires_grad}
+    params = _saved_parameters(model)
+    expected = set(params)
     missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
     if missing or unexpected:
         raise ValueError(

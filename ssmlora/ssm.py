@@ -203,7 +203,7 @@ class SSMLoRALinear(AdapterLinear):
     adapter_param_names = ("Wa", "Wb", "Wc", "Wd")
 
     def __init__(
-        self, base: nn.Module, r: int, scaling: float, dropout: float = 0.0, eps: float = 1e-6, norm: str = "minmax"
+        self, base: nn.Module, r: int, scaling: float, dropout: float = 0.0, eps: float = 1e-6, norm: str = "smooth"
     ):
         super().__init__(base, r, scaling, dropout)
         if norm not in NORMS:

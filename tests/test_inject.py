@@ -48,7 +48,8 @@ def test_parameter_counts_follow_the_schemes(family, method, targets):
     model = inject_adapters(tiny_model(family), AdapterConfig(method=method, r=R, targets=targets))
     counts = count_parameters(model)
     assert counts["adapter_params"] == EXPECTED[family, method, targets]
-    assert counts["head_params"] == HEAD_PARAMS[family]
+    head_adapted = method == "ssmlora" and targets == "all"  # an adapted head projection is frozen
+    assert counts["head_params"] == (0 if head_adapted else HEAD_PARAMS[family])
     assert counts["trainable_params"] == counts["adapter_params"] + counts["head_params"]
     base_total = sum(p.numel() for p in tiny_model(family).parameters())
     assert counts["total_params"] == base_total + counts["adapter_params"]
@@ -87,13 +88,18 @@ def test_save_load_round_trip(tmp_path, method):
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
     assert saved["adapter"]["r"] == R and saved["adapter"]["method"] == method
     ids = tiny_batch()
-    loaded = load_adapters(tiny_model("bert", seed=0), tmp_path)
+    fresh = tiny_model("bert", seed=0)
+    with torch.no_grad():  # a new head is random: the checkpoint must carry it, frozen or not
+        fresh.classifier.weight.normal_(0, 1.0)
+    loaded = load_adapters(fresh, tmp_path)
     assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
-    # only adapter and head weights are stored
+    # only adapter weights and the (new) classifier head are stored, nothing of the pretrained backbone
     from safetensors.torch import load_file
 
     stored = load_file(tmp_path / "adapter_model.safetensors")
-    assert sum(t.numel() for t in stored.values()) == count_parameters(model)["trainable_params"]
+    head = {n for n, _ in model.named_parameters() if n.startswith("classifier.")}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(stored) == trainable | head
 
 
 def test_load_rejects_another_rank(tmp_path):

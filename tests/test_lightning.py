@@ -94,3 +94,20 @@ def test_validation_picks_best_checkpoint_of_trainable_weights_only(tiny_bert, t
     frozen = ("word_embeddings.weight", "query.weight", "LayerNorm.weight", "intermediate.dense.weight")
     assert state and not any(k.endswith(f) for k in state for f in frozen), sorted(state)[:5]
     assert not any(k.endswith("word_embeddings.weight") for k in state)
+
+
+@pytest.mark.parametrize("mode", ["depth", "carry"])
+def test_saved_adapter_rescores_to_the_reported_accuracy(tiny_bert, tmp_path, monkeypatch, mode):
+    """The saved adapter is the scored one: in carry mode that includes the state the test started from."""
+    from ssmlora.lab.cell import evaluate_adapters
+
+    result = _run_tiny_cell(tiny_bert, tmp_path, monkeypatch, ssm_mode=mode, val_every=3)
+    assert result["status"] == "ok"
+    cfg = SweepConfig.from_flat(model=str(tiny_bert), lengths=[64], max_steps=6, tokens_per_step=256,
+                                lr={"*": 5e-3}, ssm_mode=mode, val_every=3)
+    again = evaluate_adapters(cfg.cell("ssmlora", 64, 0), tmp_path / "adapter")
+    assert again == {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"], "n_test": result["n_test"]}
+    if mode == "carry":  # the state moved on during the test: saving the live state would score differently
+        from safetensors.torch import load_file
+        saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+        assert any(k.startswith("ssm_state::") for k in saved)

@@ -29,7 +29,7 @@ from ssmlora.lab.probe import init_head_from_probe
 from ssmlora.lab.profilers import PeakMemoryCallback, ThroughputCallback
 from ssmlora.lab.progress import StepProgressBar
 from ssmlora.lab.runtime import RuntimeConfig, batch_plan, is_rank_zero, quiet_libraries
-from ssmlora.serialization import load_adapters, save_adapters
+from ssmlora.serialization import load_adapters, save_adapters, ssm_state_snapshot
 
 
 @dataclass
@@ -102,12 +102,15 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     trainer.fit(module, datamodule=dm)
     best = trainer.checkpoint_callback.best_model_path if validate and trainer.checkpoint_callback else ""
     test_start = time.perf_counter()
+    # The checkpoint holds weights only; a carried SSMLoRA state is whatever training left, and the test batches
+    # move it on. Keep the state the test starts from, so the saved adapter re-scores to the reported numbers.
+    state = ssm_state_snapshot(model)
     scores = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)[0]
     test_s = time.perf_counter() - test_start
     flops_dtype = torch.float32 if rt.precision == "32" else torch.bfloat16
     mem, rates, ranks = reduce_cell_figures(trainer, model, peak, speed, flops_dtype)
     if trainer.is_global_zero:
-        save_adapters(model, cell_dir / "adapter")  # the tested weights: identical on every rank
+        save_adapters(model, cell_dir / "adapter", ssm_state=state)  # the tested weights: identical on every rank
     return {
         "status": "ok",
         "accuracy": scores.get("test_acc"),
