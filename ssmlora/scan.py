@@ -113,9 +113,32 @@ def linear_scan(
         return h
 
 
+class _CausalScan(torch.autograd.Function):
+    """``h = _causal(v, log_a)`` with a hand-written backward that keeps only ``h`` (which the normalisation
+    after it keeps anyway): autograd through the blocked form would keep a padded copy of ``v`` and the permuted
+    operands of each einsum, ~1.1x the activations of a ``depth`` adapter step on MiniLM. With the adjoint
+    ``λ_t = g_t + a λ_{t+1}`` (the same scan, reversed): ``dv_t = λ_t`` and ``d log a = a Σ_t λ_t h_{t-1}``."""
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, log_a: torch.Tensor, chunk: int) -> torch.Tensor:
+        h = _causal(v, log_a, chunk, 1)
+        ctx.save_for_backward(h, log_a)
+        ctx.chunk = chunk
+        return h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_h: torch.Tensor):
+        h, log_a = ctx.saved_tensors
+        adjoint = _causal(grad_h.flip(1), log_a, ctx.chunk, 1).flip(1)
+        previous = F.pad(h[:, :-1], (0, 0, 1, 0))
+        grad_log_a = (adjoint * previous).sum(dim=(0, 1)) * log_a.exp()
+        return adjoint, grad_log_a, None
+
+
 def _masked_causal(v: torch.Tensor, log_a: torch.Tensor, keep: torch.Tensor | None, chunk: int) -> torch.Tensor:
     if keep is None:
-        return _causal(v, log_a, chunk, 1)
+        return _CausalScan.apply(v, log_a, chunk)
     # Skipping pads = packing each row's real tokens to the front (stable, so their order is kept), scanning
     # the packed rows with unit steps, and putting the states back. The zeroed pads then sit after every real
     # token and cannot reach it; this keeps a single shared decay matrix instead of one per row and block.
@@ -123,7 +146,7 @@ def _masked_causal(v: torch.Tensor, log_a: torch.Tensor, keep: torch.Tensor | No
     back = torch.argsort(order, dim=1)
     r = v.shape[-1]
     packed = v.masked_fill(~keep[..., None], 0.0).gather(1, order[..., None].expand(-1, -1, r))
-    h = _causal(packed, log_a, chunk, 1).gather(1, back[..., None].expand(-1, -1, r))
+    h = _CausalScan.apply(packed, log_a, chunk).gather(1, back[..., None].expand(-1, -1, r))
     return h.masked_fill(~keep[..., None], 0.0)
 
 
