@@ -43,7 +43,9 @@ def score_longer(cfg, trainer, module, test, scores: dict, tokenizer: str, pad_i
 
 
 def _row(train_len: int, eval_len: int, accuracy: float, n: int, majority: float) -> dict:
-    low, high = wilson_interval(round(accuracy * n), n)
-    return {"train_len": train_len, "eval_len": eval_len, "accuracy": accuracy, "n": n, "interval_low": low,
+    correct = round(accuracy * n)  # the metric is a float32 mean of n 0/1 outcomes
+    low, high = wilson_interval(correct, n)
+    return {"train_len": train_len, "eval_len": eval_len, "accuracy": correct / n if n else accuracy, "n": n,
+            "interval_low": low,
             "interval_high": high, "majority_rate": majority}
 
