@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -30,6 +33,9 @@ import torch
 from ssmlora import AdapterConfig, inject_adapters
 from ssmlora.lab.backbone import load_backbone
 from ssmlora.scan import ScanLoRALinear, SequenceMask
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from docs_section import write_docs_section  # noqa: E402
 
 METHODS = {"lora": dict(method="lora"), "ssmlora:depth": dict(method="ssmlora", ssm_mode="depth"),
            "ssmlora:scan": dict(method="ssmlora", ssm_mode="scan")}
@@ -140,13 +146,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scaling", type=int, nargs="*", default=[1024, 2048, 4096, 8192, 16384, 32768],
                         help="lengths of the adapter scaling fit (none: skip it)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--write-docs", action="store_true", help="also write the result into docs/benchmarks.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s)\n")
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, " \
+              f"{args.threads} thread(s)"
+    print(machine + "\n")
+    out = []
     if args.length:
-        print("\n".join(backbone_part(args.length, args.rounds, args.warmup)) + "\n", flush=True)
+        out += backbone_part(args.length, args.rounds, args.warmup) + [""]
+        print("\n".join(out), flush=True)
     if args.scaling:
-        print("\n".join(scaling_part(args.scaling, args.rounds)))
+        lines = scaling_part(args.scaling, args.rounds)
+        print("\n".join(lines))
+        out += lines
+    if args.write_docs:
+        write_docs_section("scan_overhead", "\n".join(out), machine, argv)
     return 0
 
 
