@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from plots.data import Sweep, cell_stats, series_label
-from plots.style import MAJORITY_STYLE, figure_title, method_colour, new_figure, outside_legend, style_axes
+from plots.data import Sweep, cell_stats, series_label, sort_series
+from plots.style import (MAJORITY_STYLE, figure_title, method_colour, new_figure, outside_legend, series_offset,
+                         style_axes)
 from ssmlora.results import EXTRAPOLATION_COLUMNS, EXTRAPOLATION_FILE
 
 LINESTYLES = ("-", "--", ":", "-.")
@@ -55,12 +56,15 @@ def accuracy_vs_eval_length(sweep: Sweep):
     fig, (ax,) = new_figure()
     table = points(load_extrapolation(sweep))
     trains = sorted(table["train_len"].unique())
-    for series in sorted(table["series"].unique()):
+    order = sort_series(table["series"].unique())
+    for index, series in enumerate(order):
         for train in trains:
             rows = table[(table["series"] == series) & (table["train_len"] == train)].sort_values("eval_len")
             if rows.empty:
                 continue
-            x, y = rows["eval_len"].to_numpy(float), rows["accuracy"].to_numpy()
+            # nudged apart on the log axis so equal accuracies do not hide each other's intervals
+            x = rows["eval_len"].to_numpy(float) * series_offset(index, len(order))
+            y = rows["accuracy"].to_numpy()
             err = [y - rows["low"].to_numpy(), rows["high"].to_numpy() - y]
             style = LINESTYLES[trains.index(train) % len(LINESTYLES)]
             ax.errorbar(x, y, yerr=err, color=method_colour(series), linestyle=style, marker="o", capsize=3,
