@@ -181,7 +181,7 @@ def check_scan_directions(cfg: SweepConfig, model_type: str) -> None:
     """Every scan-mode entry of --methods can tell its direction on this backbone."""
     for method in cfg.methods:
         adapter = cfg.cell(method, cfg.lengths[0], cfg.seeds[0]).adapter
-        if get_method(adapter.method).layer is not None and adapter.ssm_mode == "scan":
+        if "ssm_mode" in get_method(adapter.method).identity and adapter.ssm_mode == "scan":
             try:
                 scan_direction(model_type, adapter.scan_direction)
             except ValueError as err:
