@@ -108,6 +108,8 @@ def _undecided_bert(monkeypatch):
     ("undecided", "error: --methods ssmlora:scan: scan_direction auto cannot tell whether 'bert' reads its input "
                   "causally"),
     ("fixed", "error: --eval-lengths 2x: 128 tokens is beyond what"),
+    # --ssm-mode scan for plain ssmlora: lora has no direction to decide, so the error names ssmlora
+    ("undecided-global", "error: --methods ssmlora: scan_direction auto cannot tell whether 'bert'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(env, tmp_path, capsys, monkeypatch, extra, message):
     from ssmlora.sweep.cli import main
@@ -115,6 +117,9 @@ def test_bad_input_is_one_line_and_exit_2(env, tmp_path, capsys, monkeypatch, ex
     if extra == "undecided":
         _undecided_bert(monkeypatch)
         extra = ("--methods", "ssmlora:scan")
+    if extra == "undecided-global":
+        _undecided_bert(monkeypatch)
+        extra = ("--methods", "lora,ssmlora", "--ssm-mode", "scan")
     if extra == "fixed":  # llama positions are not extended: 64 is its limit
         llama = save_tiny_backbone(tmp_path / "llama", "llama", max_positions=64)
         env = {**env, "bert": llama}
