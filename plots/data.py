@@ -105,10 +105,13 @@ def results_frame(rows: list[dict[str, str]]) -> pd.DataFrame:
     table["ssm_mode"] = table["ssm_mode"].fillna("").str.strip()
     modes_per_method = table.groupby("method")["ssm_mode"].nunique()
     split = set(modes_per_method[modes_per_method > 1].index)
-    table["series"] = [
-        f"{m} ({mode})" if m in split and mode else m for m, mode in zip(table["method"], table["ssm_mode"])
-    ]
+    table["series"] = [series_label(m, mode, split) for m, mode in zip(table["method"], table["ssm_mode"])]
     return table
+
+
+def series_label(method: str, mode: str, split) -> str:
+    """'ssmlora:scan' (the --methods spelling) for a method that ran in several modes (`split`), else the method."""
+    return f"{method}:{mode}" if method in split and mode else method
 
 
 def status_kind(status: str) -> str:
@@ -124,7 +127,7 @@ def status_kind(status: str) -> str:
 def sort_series(names) -> list[str]:
     """lora, ssmlora (and its modes), frozen first, then the rest alphabetically."""
     order = {"lora": 0, "ssmlora": 1, "frozen": 2}
-    return sorted(names, key=lambda s: (order.get(s.split(" (")[0], 3), s))
+    return sorted(names, key=lambda s: (order.get(s.split(":")[0], 3), s))
 
 
 def short_model_name(model: str) -> str:

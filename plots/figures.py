@@ -18,6 +18,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
 from plots.data import (CellStats, Sweep, cell_stats, depth_accuracy, failure_summary, pareto_front,
                         scaling_exponent, series_stats)
+from plots.extrapolation import accuracy_vs_eval_length, load_extrapolation
 from plots.style import (MAJORITY_MARKER, MAJORITY_STYLE, draw_failures, failure_legend_handles, figure_title,
                          method_colour, new_figure, outside_legend, readable_log_ticks, series_offset, style_axes)
 
@@ -328,4 +329,6 @@ def figures_for(sweep: Sweep) -> dict:
     figures = dict(FIGURES)
     if sweep.is_needle:
         figures[NEEDLE_FIGURE[0]] = NEEDLE_FIGURE[1]
+    if load_extrapolation(sweep) is not None:
+        figures["accuracy_vs_eval_length"] = accuracy_vs_eval_length
     return figures

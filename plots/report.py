@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from plots import extrapolation
 from plots.data import Sweep, cell_stats, failure_summary, load_sweep, scaling_exponent, series_stats
 
 FIGURE_CAPTIONS = {
@@ -22,6 +23,7 @@ FIGURE_CAPTIONS = {
                         "dotted staircase is the Pareto front.",
     "trainable_parameters": "Trainable parameters: adapter and classifier head counted separately.",
     "needle_depth_heatmap": "Needle accuracy by needle depth (rows) and context length (columns).",
+    "accuracy_vs_eval_length": extrapolation.CAPTION,
 }
 REFERENCE_METHOD = "lora"
 
@@ -59,6 +61,7 @@ def render_report(sweep: Sweep, figure_names: list[str]) -> str:
               "## Results", "",
               "Accuracy is the mean over successful seeds; `\u00b1` is the half-width of the 95% t-interval "
               "(3+ seeds only). Costs are means over successful seeds.", "", *results_table(sweep), ""]
+    lines += extrapolation.report_lines(sweep)
     failures = failure_summary(sweep)
     if len(failures):
         lines += ["## Failed cells", ""]

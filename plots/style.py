@@ -27,9 +27,9 @@ METHOD_COLOURS = {
     "lora": "#1f77b4",  # blue
     "ssmlora": "#ff7f0e",  # orange
     "frozen": "#7f7f7f",  # grey
-    "ssmlora (depth)": "#ff7f0e",
-    "ssmlora (carry)": "#d62728",
-    "ssmlora (scan)": "#9467bd",
+    "ssmlora:depth": "#ff7f0e",
+    "ssmlora:carry": "#d62728",
+    "ssmlora:scan": "#9467bd",
 }
 EXTRA_COLOURS = ("#2ca02c", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79", "#637939", "#843c39")
 MAJORITY_STYLE = {"color": "black", "linestyle": "--", "linewidth": 1.0, "alpha": 0.7}

@@ -2,7 +2,7 @@
 
 Layers, from the ground up (each imports only those before it):
 - `data_prep` (a separate package): the long-document tasks;
-- `ssmlora` itself, the adapter library: config, methods (the registry), lora, ssm, arch, inject,
+- `ssmlora` itself, the adapter library: config, methods (the registry), lora, ssm, scan, arch, inject,
   serialization, params; torch and transformers only;
 - `ssmlora.lab`: the Lightning side: backbone loading, data module, LightningModule, profilers, probe, one cell;
 - `ssmlora.sweep`: the sweep: its config tree, validation, cell processes, orchestration, CLI;
@@ -24,6 +24,7 @@ _EXPORTS = {
     "LoRALinear": "ssmlora.lora",
     "SSMLoRALinear": "ssmlora.ssm",
     "SSMStateBus": "ssmlora.ssm",
+    "ScanLoRALinear": "ssmlora.scan",
     "count_parameters": "ssmlora.inject",
     "enable_gradient_checkpointing": "ssmlora.inject",
     "inject_adapters": "ssmlora.inject",

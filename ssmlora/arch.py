@@ -24,6 +24,9 @@ class Family:
     roles: dict[str, str]  # relative module name -> role
     heads: tuple[str, ...]  # candidate (head module, final head linear) paths, first match wins
     fused_qkv: bool = False  # GPT-2's c_attn: one projection for q, k and v; it counts as q
+    # How a token may read the sequence: "causal" (decoders) or "bidirectional" (encoders); None = undeclared.
+    # SSMLoRA's scan mode follows it when scan_direction is "auto".
+    direction: str | None = None
 
 
 LLAMA = Family(
@@ -33,6 +36,7 @@ LLAMA = Family(
         "mlp.up_proj": "ffn-in", "mlp.gate_proj": "ffn-gate", "mlp.down_proj": "ffn-out",
     },
     heads=("score",),
+    direction="causal",
 )
 BERT = Family(
     "bert",
@@ -41,18 +45,36 @@ BERT = Family(
         "attention.output.dense": "o", "intermediate.dense": "ffn-in", "output.dense": "ffn-out",
     },
     heads=("classifier.out_proj", "classifier"),  # RoBERTa's head ends in out_proj, BERT's is one Linear
+    direction="bidirectional",
 )
 GPT2 = Family(
     "gpt2",
     {"attn.c_attn": "q", "attn.c_proj": "o", "mlp.c_fc": "ffn-in", "mlp.c_proj": "ffn-out"},
     heads=("score",),
     fused_qkv=True,
+    direction="causal",
 )
 FAMILIES = {
     "llama": LLAMA, "mistral": LLAMA, "qwen2": LLAMA, "qwen3": LLAMA,
     "bert": BERT, "roberta": BERT,
     "gpt2": GPT2,
 }
+
+
+def scan_direction(model_type: str, requested: str) -> str:
+    """The scan direction for `requested` (auto | causal | bidirectional) on a `model_type`. Raises ValueError
+    when `auto` meets a family that declares no direction, or for an unknown direction."""
+    if requested != "auto":
+        if requested not in ("causal", "bidirectional"):
+            raise ValueError(f"unknown scan direction {requested!r}: choose auto, causal or bidirectional")
+        return requested
+    family = FAMILIES.get(model_type)
+    if family is None or family.direction is None:
+        raise ValueError(
+            f"scan_direction auto cannot tell whether {model_type!r} reads its input causally (a decoder) or in "
+            "both directions (an encoder): set scan_direction to causal or bidirectional"
+        )
+    return family.direction
 
 
 @dataclass(frozen=True)

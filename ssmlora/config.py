@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from ssmlora.methods import get_method
 
 SSM_MODES = ("depth", "carry", "scan")
+SCAN_DIRECTIONS = ("auto", "causal", "bidirectional")
 SCALES = ("alpha/r", "alpha")
 TARGET_SCHEMES = ("all", "qv")
 NORMS = ("minmax", "smooth")  # the same tuple as ssmlora.ssm.NORMS, kept here so config imports no torch
@@ -88,8 +89,19 @@ class AdapterConfig:
         default="depth",
         metadata={
             "help": "SSMLoRA time axis: depth (state flows through same-type adapters in depth order, reset every "
-            "forward; the paper's text) | carry (state kept across forward passes, as the released code)",
-            "choices": ("depth", "carry"),
+            "forward; the paper's text) | carry (state kept across forward passes, as the released code) | scan "
+            "(state runs over the token positions of each sequence inside every adapted projection; see "
+            "scan_direction)",
+            "choices": SSM_MODES,
+        },
+    )
+    scan_direction: str = field(
+        default="auto",
+        metadata={
+            "help": "ssm_mode=scan only: auto (causal for decoder families such as llama and gpt2, bidirectional "
+            "for encoders such as bert and roberta; an error for a family that declares neither) | causal (state "
+            "from earlier tokens only) | bidirectional (sum of a forward and a backward scan)",
+            "choices": SCAN_DIRECTIONS,
         },
     )
     scale: str = field(default="alpha/r", metadata={"help": "adapter output scale: alpha/r (LoRA convention) | "
@@ -112,8 +124,6 @@ class AdapterConfig:
 
     def __post_init__(self) -> None:
         get_method(self.method)  # unknown names raise, listing the registered ones
-        if self.ssm_mode == "scan":
-            raise ConfigValueError("ssm_mode", "scan", "not implemented yet: choose depth or carry")
         if isinstance(self.targets, str):
             if self.targets not in TARGET_SCHEMES:
                 raise ConfigValueError("targets", self.targets, "use all, qv, or a list of roles / module names")

@@ -14,7 +14,10 @@ from typing import Callable
 
 import torch.nn as nn
 
+from ssmlora.arch import scan_direction
+
 from ssmlora.lora import AdapterLinear, LoRALinear
+from ssmlora.scan import ScanLoRALinear, SequenceMask
 from ssmlora.ssm import SSMLoRALinear, SSMStateBus
 
 # Annotations below name ssmlora.config.AdapterConfig and ssmlora.arch.Site; neither is imported, because the
@@ -39,6 +42,7 @@ class Method:
     link: Callable[[nn.Module, list["Site"], list[AdapterLinear], "AdapterConfig"], None] | None = None
     defaults: dict = field(default_factory=dict)  # sweep defaults, e.g. {"lr": 5e-4}
     identity: tuple[str, ...] = ()  # AdapterConfig fields recorded with each result row (e.g. ssm_mode)
+    other_layers: tuple[type[AdapterLinear], ...] = ()  # further classes `build` may return (ssmlora's scan)
 
     def wrap(self, base: nn.Module, config: "AdapterConfig") -> AdapterLinear:
         if self.build is not None:
@@ -47,7 +51,7 @@ class Method:
 
     @property
     def mergeable(self) -> bool:
-        return self.layer is None or self.layer.mergeable
+        return self.layer is None or all(cls.mergeable for cls in (self.layer, *self.other_layers))
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -80,7 +84,8 @@ def method_names() -> list[str]:
 
 def adapter_param_names() -> tuple[str, ...]:
     """Parameter names owned by adapter layers (everything else trainable is the head or a base module)."""
-    return tuple(dict.fromkeys(n for m in _REGISTRY.values() if m.layer for n in m.layer.adapter_param_names))
+    classes = [cls for m in _REGISTRY.values() if m.layer for cls in (m.layer, *m.other_layers)]
+    return tuple(dict.fromkeys(n for cls in classes for n in cls.adapter_param_names))
 
 
 # ---- the built-in methods ----
@@ -97,7 +102,9 @@ def _ssmlora_scheme(role: str, layer: int | None, targets: str) -> bool:
     return targets == "all" and role != "k"
 
 
-def _ssmlora_layer(base: nn.Module, config: "AdapterConfig") -> SSMLoRALinear:
+def _ssmlora_layer(base: nn.Module, config: "AdapterConfig") -> AdapterLinear:
+    if config.ssm_mode == "scan":  # its direction is set by _link_ssm_chains, which sees the model
+        return ScanLoRALinear(base, config.r, config.scaling, config.dropout, config.eps, config.norm)
     return SSMLoRALinear(base, config.r, config.scaling, config.dropout, config.eps, config.norm)
 
 
@@ -109,7 +116,14 @@ def _chain_key(site: "Site", mode: str) -> str:
 
 
 def _link_ssm_chains(model: nn.Module, sites, wrappers, config: "AdapterConfig") -> None:
-    """Put every SSMLoRA layer on its state chain (one chain per key, in depth order) through one state bus."""
+    """Put every SSMLoRA layer on its state chain (one chain per key, in depth order) through one state bus;
+    in scan mode, give every layer the model's attention mask and the scan direction of its family."""
+    if config.ssm_mode == "scan":
+        direction = scan_direction(model.config.model_type, config.scan_direction)
+        SequenceMask.install(model)
+        for wrapper in wrappers:
+            wrapper.attach(model, direction)
+        return
     keys = [_chain_key(site, config.ssm_mode) for site in sites]
     bus = SSMStateBus(config.ssm_mode, keys)
     model.add_module(BUS_NAME, bus)
@@ -126,6 +140,6 @@ register_method(Method(
 register_method(Method(
     "ssmlora", "SSMLoRA (arXiv 2502.04958): low-rank adapters linked by a state space model, sparse scheme",
     layer=SSMLoRALinear, in_scheme=_ssmlora_scheme, build=_ssmlora_layer, link=_link_ssm_chains,
-    defaults={"lr": 5e-5}, identity=("ssm_mode",),
+    defaults={"lr": 5e-5}, identity=("ssm_mode",), other_layers=(ScanLoRALinear,),
 ))
 register_method(Method("frozen", "no adapters: only the classifier head trains (the cost floor)"))

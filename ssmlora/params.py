@@ -14,14 +14,15 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from data_prep.models import resolve_model_path
-from ssmlora.config import AdapterConfig
+from ssmlora.config import SSM_MODES, AdapterConfig
 from ssmlora.inject import count_parameters, inject_adapters
-from ssmlora.methods import method_names
+from ssmlora.methods import get_method, method_names
 
 
 def parameter_table(model: str, targets: str = "all", r: int = 8, num_labels: int = 2,
-                    methods=None) -> list[dict]:
-    """One dict per method (default: every registered one): method + count_parameters on `model` (meta device).
+                    methods=None, ssm_mode: str = "depth") -> list[dict]:
+    """One dict per method (default: every registered one): method + count_parameters on `model` (meta device),
+    SSMLoRA in `ssm_mode` (depth and carry: r·(in+out) + 2r² per adapter; scan: r·(in+out) + r² + r).
     Raises ValueError with a one-line message for a model whose config cannot be read."""
     try:
         config = AutoConfig.from_pretrained(resolve_model_path(model), num_labels=num_labels)
@@ -35,8 +36,10 @@ def parameter_table(model: str, targets: str = "all", r: int = 8, num_labels: in
     for method in methods or method_names():
         with torch.device("meta"):
             net = AutoModelForSequenceClassification.from_config(config)
-        inject_adapters(net, AdapterConfig(method=method, r=r, targets=targets))
-        rows.append({"method": method, **count_parameters(net)})
+        adapter = AdapterConfig(method=method, r=r, targets=targets, ssm_mode=ssm_mode)
+        inject_adapters(net, adapter)
+        mode = {"ssm_mode": ssm_mode} if "ssm_mode" in get_method(method).identity else {}
+        rows.append({"method": method, **mode, **count_parameters(net)})
     return rows
 
 
@@ -46,9 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default="all", choices=["all", "qv"], help="insertion scheme")
     parser.add_argument("--r", type=int, default=8, help="adapter rank")
     parser.add_argument("--num-labels", type=int, default=2, help="classes of the classification head")
+    parser.add_argument("--ssm-mode", default="depth", choices=list(SSM_MODES),
+                        help="SSMLoRA reading: depth and carry have r(in+out)+2r^2 per adapter, scan r(in+out)+r^2+r")
     args = parser.parse_args(argv)
     try:
-        rows = parameter_table(args.model, args.targets, args.r, args.num_labels)
+        rows = parameter_table(args.model, args.targets, args.r, args.num_labels, ssm_mode=args.ssm_mode)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -438,6 +438,32 @@ def _bad_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.bad{path.suffix}")
 
 
+# ---------------------------------------------------------------- extrapolation.csv
+
+EXTRAPOLATION_FILE = "extrapolation.csv"
+# Long format, one row per (cell, eval length): the cell's test documents read up to eval_len tokens.
+# eval_len == train_len is the cell's own test score. interval_*: Wilson 95 % interval of the accuracy.
+EXTRAPOLATION_COLUMNS = ("method", "ssm_mode", "seed", "train_len", "eval_len", "accuracy", "n", "interval_low",
+                         "interval_high", "majority_rate")
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95 % by default); (nan, nan) for n = 0."""
+    if n <= 0:
+        return math.nan, math.nan
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def write_extrapolation(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Replace `path` with `rows` (dicts with EXTRAPOLATION_COLUMNS), atomically."""
+    _replace_atomically(Path(path), lambda fh: _write_csv(fh, list(EXTRAPOLATION_COLUMNS),
+                                                          ([_cell(r.get(k)) for k in EXTRAPOLATION_COLUMNS]
+                                                           for r in rows)))
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m ssmlora.results check|repair PATH``: list the bad lines; repair also moves them away."""
     argv = list(sys.argv[1:] if argv is None else argv)

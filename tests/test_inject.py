@@ -126,8 +126,8 @@ def test_load_rejects_a_missing_checkpoint(tmp_path):
     "kwargs, message",
     [
         (dict(method="dora"), "unknown method 'dora': choose one of lora, ssmlora, frozen"),
-        (dict(ssm_mode="time"), "ssm_mode = 'time' is not allowed: choose one of depth, carry"),
-        (dict(ssm_mode="scan"), "ssm_mode = 'scan' is not allowed: not implemented yet"),
+        (dict(ssm_mode="time"), "ssm_mode = 'time' is not allowed: choose one of depth, carry, scan"),
+        (dict(scan_direction="up"), "scan_direction = 'up' is not allowed: choose one of auto, causal, bidirectional"),
         (dict(targets="qkv"), "targets = 'qkv' is not allowed"),
         (dict(r=0), "r = 0 is not allowed: must be >= 1"),
         (dict(r=-2), "r = -2 is not allowed: must be >= 1"),

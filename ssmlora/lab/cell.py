@@ -24,6 +24,7 @@ from ssmlora.config import AdapterConfig
 from ssmlora.inject import count_parameters, enable_gradient_checkpointing, inject_adapters
 from ssmlora.lab.backbone import ModelConfig, load_backbone, resolve_model_path
 from ssmlora.lab.data import DataConfig, TaskDataModule, build_splits
+from ssmlora.lab.extrapolate import longest_length, score_longer
 from ssmlora.lab.module import AdapterClassifier, OptimConfig
 from ssmlora.lab.probe import init_head_from_probe
 from ssmlora.lab.profilers import PeakMemoryCallback, ThroughputCallback
@@ -44,13 +45,14 @@ class CellConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    label: str = ""  # the sweep's name for this cell's method, e.g. "ssmlora:scan" (default: the method)
 
     @property
     def method(self) -> str:
         return self.adapter.method
 
     def tag(self) -> str:
-        return f"{self.method}-L{self.max_len}-s{self.seed}"
+        return f"{(self.label or self.method).replace(':', '-')}-L{self.max_len}-s{self.seed}"
 
     def batch_plan(self) -> tuple[int, int, int]:
         """(effective batch, micro-batch per device, accumulation steps)."""
@@ -111,6 +113,8 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     mem, rates, ranks = reduce_cell_figures(trainer, model, peak, speed, flops_dtype)
     if trainer.is_global_zero:
         save_adapters(model, cell_dir / "adapter", ssm_state=state)  # the tested weights: identical on every rank
+    longer = score_longer(cfg, trainer, module, data["test"], scores, resolve_model_path(cfg.model.model), pad_id,
+                          micro) if cfg.data.eval_lengths else []
     return {
         "status": "ok",
         "accuracy": scores.get("test_acc"),
@@ -131,6 +135,7 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
         "world_size": trainer.world_size,
         "strategy": type(trainer.strategy).__name__,
         "ranks": ranks,  # per rank: peak memory, tokens/s, adapter hash (result.json only, not results.csv)
+        "extrapolation": longer,  # rows of extrapolation.csv (less method, seed), result.json only
     }
 
 
@@ -201,7 +206,7 @@ def build_cell(cfg: CellConfig):
     data = build_splits(cfg.data, cfg.max_len, tokenizer, cfg.seed)
     labels = list(data["train"].features["label"].names)
     pad_id = pad_token_id(tokenizer)
-    model, info = load_backbone(cfg.model.model, num_labels=len(labels), max_len=cfg.max_len,
+    model, info = load_backbone(cfg.model.model, num_labels=len(labels), max_len=longest_length(cfg),
                                 attn_implementation=cfg.model.attn, id2label=dict(enumerate(labels)),
                                 pad_token_id=pad_id, pooling=cfg.model.pooling)
     inject_adapters(model, cfg.adapter)

@@ -37,8 +37,30 @@ class DataConfig:
                                                         "split)", "ge": 1, "integer": True})
     cache_dir: str | None = field(default=None, metadata={"help": "data_prep cache folder (default: "
                                                                  "$SSMLORA_CACHE or ~/.cache/ssmlora/data)"})
+    eval_lengths: list[str] = field(default_factory=list, metadata={
+        "help": "length extrapolation: also score each cell trained at L at these longer lengths, on the same "
+        "test documents read further: multiples of L (2x,4x) or token counts (8192,16384), none below any "
+        "trained L; writes extrapolation.csv and its figure (docs/sweep.md). Default: none"})
 
     NOT_IDENTITY = ("cache_dir",)  # where the data is kept, not what it is
+
+    def eval_lengths_for(self, train_len: int) -> list[int]:
+        """--eval-lengths resolved for a cell trained at `train_len`, ascending, without `train_len` itself.
+        Raises ValueError for an entry that is neither NUMx nor a token count, or one below `train_len`."""
+        out = set()
+        for entry in self.eval_lengths:
+            text = str(entry).strip().lower()
+            try:
+                length = round(float(text[:-1]) * train_len) if text.endswith("x") else int(text)
+            except ValueError:
+                raise ValueError(f"{entry!r} is neither a multiple of L (2x) nor a length in tokens (8192)") from None
+            if length < train_len:
+                what = f"{entry} ({length} tokens)" if text.endswith("x") else f"{length} tokens"
+                raise ValueError(f"{what} is below the train length {train_len}: an extrapolation reads further "
+                                 f"than training did")
+            if length > train_len:
+                out.add(length)
+        return sorted(out)
 
     def eval_limit(self, length: int) -> int:
         return max(self.min_eval, self.eval_tokens // length)

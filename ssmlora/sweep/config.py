@@ -31,7 +31,9 @@ class SweepConfig:
     """Everything that defines a sweep: the grid and the settings every cell shares."""
 
     methods: list[str] = field(default_factory=lambda: ["lora", "ssmlora"], metadata={
-        "help": "grid: adapter methods from the registry, comma-separated (lora, ssmlora, frozen or your own)"})
+        "help": "grid: adapter methods from the registry, comma-separated (lora, ssmlora, frozen or your own); "
+        "METHOD:VARIANT sets the method's variant for that entry alone, e.g. ssmlora:depth,ssmlora:scan "
+        "(ssmlora's variant is its ssm_mode; plain ssmlora uses --ssm-mode)"})
     lengths: list[int] = field(default_factory=lambda: [512, 1024, 2048, 4096], metadata={
         "help": "grid: context lengths L in tokens"})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "grid: seeds, comma-separated", "ge": 0,
@@ -82,10 +84,11 @@ class SweepConfig:
         return f"{self.data.task}-{model}-{self.identity_hash()[:8]}"
 
     def cell(self, method: str, length: int, seed: int) -> CellConfig:
-        """The configuration of one cell of the grid."""
-        return CellConfig(adapter=replace(self.adapter, method=method), max_len=length, seed=seed,
-                          lr=self.optim.lr_for(method), model=self.model, optim=self.optim, data=self.data,
-                          runtime=self.runtime)
+        """The configuration of one cell of the grid (`method` as in --methods, e.g. ssmlora:scan)."""
+        base, variant = split_method(method)
+        return CellConfig(adapter=replace(self.adapter, method=base, **variant), max_len=length, seed=seed,
+                          lr=self.optim.lr_for(base), model=self.model, optim=self.optim, data=self.data,
+                          runtime=self.runtime, label=method)
 
     def cells(self) -> list[CellConfig]:
         """Short lengths first, so a sweep cut short still has complete curves at the cheap end."""
@@ -96,8 +99,23 @@ class SweepConfig:
 
     def row_identity(self, method: str) -> dict:
         """The method's identity settings as result columns (e.g. ssmlora's ssm_mode); empty for the others."""
-        keys = get_method(method).identity
-        return {"ssm_mode": self.adapter.ssm_mode if "ssm_mode" in keys else ""}
+        base, variant = split_method(method)
+        keys = get_method(base).identity
+        return {"ssm_mode": variant.get("ssm_mode", self.adapter.ssm_mode) if "ssm_mode" in keys else ""}
+
+
+def split_method(entry: str) -> tuple[str, dict]:
+    """A --methods entry -> (registered method, AdapterConfig overrides): 'ssmlora:scan' -> ('ssmlora',
+    {'ssm_mode': 'scan'}), 'lora' -> ('lora', {}). The variant sets the method's first identity field. Raises
+    ValueError for an unknown method or a variant on a method that has none (the value itself is checked by
+    AdapterConfig when the cell's config is built)."""
+    base, sep, variant = entry.partition(":")
+    method = get_method(base)
+    if not sep:
+        return base, {}
+    if not method.identity:
+        raise ValueError(f"method {base!r} has no variants: write it as {base!r}")
+    return base, {method.identity[0]: variant}
 
 
 def section_type(section: str) -> type:

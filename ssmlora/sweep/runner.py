@@ -26,8 +26,9 @@ from pathlib import Path
 from ssmlora.lab.cell import CellConfig, run_cell_safely
 from ssmlora.lab.runtime import batch_plan, environment, is_rank_zero
 from ssmlora.claims import claim_cell, describe_holder
-from ssmlora.results import CELL_KEY, SCHEMA_VERSION, cell_key, read_results, update_results
-from ssmlora.sweep.config import GRID, SweepConfig
+from ssmlora.results import (CELL_KEY, EXTRAPOLATION_FILE, SCHEMA_VERSION, cell_key, read_results, update_results,
+                             write_extrapolation)
+from ssmlora.sweep.config import GRID, SweepConfig, split_method
 from ssmlora.sweep.launch import run_cell_in_process
 from ssmlora.sweep.validate import validate
 
@@ -50,7 +51,7 @@ def config_json(cfg: SweepConfig, name: str, old: dict | None = None) -> dict:
         "config": tree,
         "resolved": {
             "device": cfg.runtime.device_type(),
-            "lr": {m: cfg.optim.lr_for(m) for m in grid["methods"]},
+            "lr": {m: cfg.optim.lr_for(split_method(m)[0]) for m in grid["methods"]},
             "batch_plan": {str(L): dict(zip(("effective_batch", "micro_batch", "accumulate"),
                                             batch_plan(cfg.optim.tokens_per_step, cfg.runtime, L)))
                            for L in grid["lengths"]},
@@ -67,7 +68,7 @@ def row_key(cfg: SweepConfig, cell: CellConfig) -> tuple[str, ...]:
 
 def base_row(cfg: SweepConfig, cell: CellConfig) -> dict:
     return {
-        "task": cfg.data.task, "model": cfg.model.model, "method": cell.method, **cfg.row_identity(cell.method),
+        "task": cfg.data.task, "model": cfg.model.model, "method": cell.method, **cfg.row_identity(cell.label or cell.method),
         "max_len": cell.max_len, "seed": cell.seed, "precision": cfg.runtime.precision,
         "accelerator": cfg.runtime.device_type(), "devices": f"{cfg.runtime.devices}x{cfg.runtime.num_nodes}",
         "effective_batch": cell.batch_plan()[0],
@@ -99,7 +100,7 @@ class Progress:
 
     @staticmethod
     def describe(cell: CellConfig) -> str:
-        return f"{cell.method} L={cell.max_len} seed {cell.seed}"
+        return f"{cell.label or cell.method} L={cell.max_len} seed {cell.seed}"
 
 
 def _clock(seconds: float) -> str:
@@ -161,9 +162,33 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name:
             row = {**base_row(cfg, cell), **result}
             if is_rank_zero():
                 row = _record(res_path, row, sweep_hash)
+                _keep_extrapolation(cfg, cell, cell_dir, result)
             progress.finished(i, cell, row)
+    if is_rank_zero() and cfg.data.eval_lengths:
+        write_extrapolation(folder / EXTRAPOLATION_FILE, extrapolation_rows(cfg, folder))
     rows = read_results(res_path, sweep_hash=sweep_hash) if res_path.exists() else []
     return folder, rows
+
+
+def _keep_extrapolation(cfg: SweepConfig, cell: CellConfig, cell_dir: Path, result: dict) -> None:
+    """The cell's extrapolation rows, complete with method and seed, beside its other files (a resumed sweep
+    rebuilds extrapolation.csv from them); an old file goes when the cell reruns without rows."""
+    path = cell_dir / "extrapolation.json"
+    if result.get("status") != "ok" or not result.get("extrapolation"):
+        path.unlink(missing_ok=True)
+        return
+    ident = {"method": cell.method, **cfg.row_identity(cell.label or cell.method), "seed": cell.seed}
+    path.write_text(json.dumps([{**ident, **r} for r in result["extrapolation"]]))
+
+
+def extrapolation_rows(cfg: SweepConfig, folder: Path) -> list[dict]:
+    """Every extrapolation row of the grid's cells, in the grid's order."""
+    rows = []
+    for cell in cfg.cells():
+        path = folder / "cells" / cell.tag() / "extrapolation.json"
+        if path.exists():
+            rows += json.loads(path.read_text())
+    return rows
 
 
 def _finished(res_path: Path, sweep_hash: str, retry_failed: bool) -> dict[tuple, dict]:

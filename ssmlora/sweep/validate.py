@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 
-from data_prep import MIN_LEN, get_task
+from data_prep import MAX_EXTENDED_LEN, MIN_LEN, get_task
+from ssmlora.arch import scan_direction
 from ssmlora.config import ConfigValueError, check_value
 from ssmlora.lab.backbone import BackboneError, check_backbone
 from ssmlora.lab.runtime import external_launcher
 from ssmlora.methods import get_method
 from ssmlora.results import SCHEMA_VERSION, ResultsFormatError, read_results, repair_results
-from ssmlora.sweep.config import GRID, SECTIONS, SweepConfig, flat_fields
+from ssmlora.sweep.config import GRID, SECTIONS, SweepConfig, flat_fields, split_method
 
 LONGEST_FILE = "adapter/adapter_model.safetensors"  # the deepest path a cell writes below its folder
 
@@ -55,18 +56,26 @@ def check_settings(cfg: SweepConfig) -> None:
             raise SweepError(f"{flag(key)} is empty: give at least one value")
         if len(set(values)) != len(values):
             raise SweepError(f"{flag(key)} {_show(values)}: a value is repeated (each cell would run twice)")
+    cells = {}
     for method in cfg.methods:
         try:
-            get_method(method)
+            split_method(method)
+            adapter = cfg.cell(method, cfg.lengths[0], cfg.seeds[0]).adapter
+        except ConfigValueError as err:
+            raise SweepError(f"--methods {method}: {err.name} {err.value!r} is not allowed: {err.allowed}") from None
         except ValueError as err:
-            raise SweepError(f"--methods: {err}") from None
+            raise SweepError(f"--methods {method}: {err}") from None
+        same = cells.setdefault((adapter.method, *cfg.row_identity(method).values()), method)
+        if same != method:
+            raise SweepError(f"--methods {same} and {method} are the same cells (ssm_mode "
+                             f"{adapter.ssm_mode}); keep one of them")
     for method in cfg.optim.lr:
         if method != "*":
             try:
                 get_method(method)
             except ValueError as err:
                 raise SweepError(f"--lr {method}=...: {err}") from None
-    for method in cfg.methods:
+    for method in dict.fromkeys(split_method(m)[0] for m in cfg.methods):
         if get_method(method).layer is not None and cfg.optim.lr_for(method) is None:
             raise SweepError(f"--lr: method {method!r} has no default learning rate: give --lr {method}=VALUE")
     if cfg.optim.max_steps <= 0 and cfg.optim.epochs <= 0:
@@ -168,6 +177,41 @@ def check_existing(cfg: SweepConfig, folder: Path, repair: bool = False, warn=No
             raise SweepError(f"{err}{hint}") from None
 
 
+def check_scan_directions(cfg: SweepConfig, model_type: str) -> None:
+    """Every scan-mode entry of --methods can tell its direction on this backbone."""
+    for method in cfg.methods:
+        adapter = cfg.cell(method, cfg.lengths[0], cfg.seeds[0]).adapter
+        if "ssm_mode" in get_method(adapter.method).identity and adapter.ssm_mode == "scan":
+            try:
+                scan_direction(model_type, adapter.scan_direction)
+            except ValueError as err:
+                raise SweepError(f"--methods {method}: {err} (--scan-direction)") from None
+
+
+def check_eval_lengths(cfg: SweepConfig) -> None:
+    """--eval-lengths: well formed, not below any train length, within the backbone's and tokenizer's reach,
+    and on a task whose documents do not depend on the length (so a longer read is the same document)."""
+    if not cfg.data.eval_lengths:
+        return
+    try:
+        longest = max(max(cfg.data.eval_lengths_for(L), default=L) for L in cfg.lengths)
+    except ValueError as err:
+        raise SweepError(f"--eval-lengths {_show(cfg.data.eval_lengths)}: {err}") from None
+    if get_task(cfg.data.task).per_length:
+        raise SweepError(f"--eval-lengths: task {cfg.data.task!r} builds other documents at every length, so a "
+                         f"longer read would not be the same documents; use a task such as topic-mix")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            check_backbone(cfg.model.model, longest)
+    except BackboneError as err:
+        reason = str(err).split(" is beyond ", 1)[-1]
+        raise SweepError(f"--eval-lengths {_show(cfg.data.eval_lengths)}: {longest} tokens is beyond {reason}") from None
+    if longest > MAX_EXTENDED_LEN:
+        raise SweepError(f"--eval-lengths {_show(cfg.data.eval_lengths)}: {longest} tokens is beyond the task "
+                         f"library's maximum of {MAX_EXTENDED_LEN}")
+
+
 def validate(cfg: SweepConfig, out: Path, name: str | None, in_process: bool = False, repair: bool = False,
              warn=None) -> Path:
     """Every check that needs no training, cheapest first; returns the sweep folder (created)."""
@@ -180,9 +224,11 @@ def validate(cfg: SweepConfig, out: Path, name: str | None, in_process: bool = F
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a config read can warn about fields this version ignores
-            check_backbone(cfg.model.model, max(cfg.lengths))
+            info = check_backbone(cfg.model.model, max(cfg.lengths))
     except BackboneError as err:
         raise SweepError(str(err)) from None
+    check_scan_directions(cfg, info.model_type)
+    check_eval_lengths(cfg)
     folder = Path(out) / (name or cfg.slug())
     check_folder(cfg, folder, repair, warn)
     return folder
