@@ -113,6 +113,7 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     trainer.fit(module, datamodule=dm)
     best = trainer.checkpoint_callback.best_model_path if validate and trainer.checkpoint_callback else ""
     if cfg.tuning:
+        trainer.limit_val_batches = 1.0  # off during fit when val_every is 0; the trial is scored on all of it
         scores = trainer.validate(module, datamodule=dm, ckpt_path=best or None, verbose=False)[0]
         return {"status": "ok", "lr": cfg.lr, "val_acc": scores.get("val_acc"), "val_loss": scores.get("val_loss"),
                 "n_validation": int(scores.get("val_n", 0)), "train_steps": trainer.global_step,
