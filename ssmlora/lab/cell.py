@@ -78,16 +78,16 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     if cfg.runtime.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     counts = count_parameters(model)
-    probe = {}
+    probe, probe_rows = {}, []
     if cfg.optim.head_init == "probe":
         probe_root = Path(probe_dir or cell_dir.parent)
-        probe = fit_head_by_probe(cfg, model, data["train"], pad_id, probe_root / f"L{cfg.max_len}-s{cfg.seed}.safetensors")
+        probe = fit_head_by_probe(cfg, model, data["train"], pad_id,
+                                  probe_root / f"L{cfg.max_len}-s{cfg.seed}.safetensors")
         if not cfg.tuning:  # the probe alone on the test documents: the reference fine-tuning must beat
-            rows = probe_predictions(model, data["test"], 2 * cfg.batch_plan()[1], cfg.runtime.precision, pad_id,
-                                     cache=probe_root / f"L{cfg.max_len}-test.safetensors", write_cache=is_rank_zero())
-            probe["probe_accuracy"] = sum(r["label"] == r["prediction"] for r in rows) / len(rows)
-            if is_rank_zero():
-                write_predictions(cell_dir / "probe_predictions.csv", rows, data["test"]["doc_id"])
+            probe_rows = probe_predictions(model, data["test"], 2 * cfg.batch_plan()[1], cfg.runtime.precision,
+                                           pad_id, cache=probe_root / f"L{cfg.max_len}-test.safetensors",
+                                           write_cache=is_rank_zero())
+            probe["probe_accuracy"] = sum(r["label"] == r["prediction"] for r in probe_rows) / len(probe_rows)
     steps = cfg.optim.max_steps
     if cfg.optim.epochs > 0:  # the schedule needs the step count up front
         steps = cfg.optim.epochs * max(1, len(data["train"]) // effective)
@@ -127,6 +127,8 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     if trainer.is_global_zero:
         save_adapters(model, cell_dir / "adapter")  # the tested weights: identical on every rank
         write_predictions(cell_dir / "predictions.csv", predictions, data["test"]["doc_id"])
+        if probe_rows:
+            write_predictions(cell_dir / "probe_predictions.csv", probe_rows, data["test"]["doc_id"])
     return {
         "status": "ok",
         "accuracy": scores.get("test_acc"),
@@ -165,6 +167,7 @@ def gather_predictions(trainer, local: list[dict]) -> list[dict]:
 def write_predictions(path: Path, rows: list[dict], doc_ids: list[str]) -> None:
     """predictions.csv: one line per test document, in the test split's order (the same for every cell at one
     length, so two cells' files pair line by line and by doc_id)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as fh:
         out = csv.writer(fh)
