@@ -181,7 +181,8 @@ def test_one_seed_draws_wilson_intervals_over_the_test_documents_and_says_n(one)
                 for r in sorted(rows, key=lambda r: int(r["max_len"]))]
     np.testing.assert_allclose([s[:, 1] for s in segments], expected, atol=1e-9)
     counts = {t.get_text() for t in fig.axes[0].texts if t.get_gid() == "n_test"}
-    assert counts == {f"n={min(int(r['n_test']) for r in rows if r['max_len'] == l)}" for l in {r["max_len"] for r in rows}}
+    lengths = {r["max_len"] for r in rows}
+    assert counts == {f"n={min(int(r['n_test']) for r in rows if r['max_len'] == l)}" for l in lengths}
     np.testing.assert_allclose(artist(fig, "mean:frozen").get_ydata(), [0.50, 0.52, 0.53, 0.55])
     assert "lora (n=1 seed)" in legend_texts(fig)
     assert offsets(fig, "failed:ssmlora")[0, 0] == pytest.approx(4096, rel=0.1)

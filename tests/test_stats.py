@@ -36,7 +36,8 @@ def test_identical_methods_show_no_difference():
     a = rng.integers(0, 2, size=(1, 100))
     d = paired_difference(a, a.copy())
     assert (d.diff, d.low, d.high, d.p_mcnemar) == (0.0, 0.0, 0.0, 1.0)
-    assert not d.detected and "no detectable difference at this budget (95 % CI [+0.000, +0.000]" in d.describe("a", "b")
+    assert not d.detected
+    assert "no detectable difference at this budget (95 % CI [+0.000, +0.000]" in d.describe("a", "b")
 
 
 def test_a_large_paired_difference_is_detected_and_a_small_one_is_not():

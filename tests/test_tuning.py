@@ -123,7 +123,8 @@ def _adapter_init(env, seed):
 
 def _train_order(env, seed):
     data, _, pad, _, _ = build_cell(_cell(env, seed))
-    return [b["labels"].tolist() + [len(b["input_ids"][0])] for b in TaskDataModule(data, 2, seed, pad).train_dataloader()]
+    loader = TaskDataModule(data, 2, seed, pad).train_dataloader()
+    return [b["labels"].tolist() + [len(b["input_ids"][0])] for b in loader]
 
 
 def test_seeds_vary_adapter_init_and_data_order_and_one_seed_repeats_exactly(env, tmp_path):

@@ -126,9 +126,9 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     predictions = gather_predictions(trainer, module.predictions)
     if trainer.is_global_zero:
         save_adapters(model, cell_dir / "adapter")  # the tested weights: identical on every rank
-        write_predictions(cell_dir / "predictions.csv", predictions, data["test"]["doc_id"])
+        write_predictions(cell_dir / "predictions.csv", predictions, doc_ids(data["test"]))
         if probe_rows:
-            write_predictions(cell_dir / "probe_predictions.csv", probe_rows, data["test"]["doc_id"])
+            write_predictions(cell_dir / "probe_predictions.csv", probe_rows, doc_ids(data["test"]))
     return {
         "status": "ok",
         "accuracy": scores.get("test_acc"),
@@ -162,6 +162,11 @@ def gather_predictions(trainer, local: list[dict]) -> list[dict]:
         everyone = [None] * trainer.world_size
         torch.distributed.all_gather_object(everyone, local)
     return sorted((r for part in everyone for r in part), key=lambda r: r["row"])
+
+
+def doc_ids(split) -> list[str]:
+    """The split's document ids (data_prep's `doc_id`), or the row numbers for a dataset without them."""
+    return split["doc_id"] if "doc_id" in split.column_names else [str(i) for i in range(len(split))]
 
 
 def write_predictions(path: Path, rows: list[dict], doc_ids: list[str]) -> None:
