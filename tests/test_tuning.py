@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from plots.data import PROBE_SERIES, load_predictions, load_sweep, paired_at
+from plots.differences import difference_vs_length
+from plots.figures import accuracy_vs_length
 from ssmlora import Method, register_method
 from ssmlora.config import AdapterConfig
 from ssmlora.lab.backbone import ModelConfig
@@ -183,7 +185,8 @@ def test_the_paired_test_finds_a_planted_difference_and_none_between_twins(env, 
                      "--out", str(tmp_path), "--name", "p", "--probe-examples", "40", "--min-eval", "100",
                      "--methods", "lora,twin,blind"])
         assert code == 0
-        predictions = load_predictions(load_sweep(tmp_path / "p"))
+        sweep = load_sweep(tmp_path / "p")
+        predictions = load_predictions(sweep)
         twins = paired_at(predictions, "twin", "lora", 64)
         assert (twins.diff, twins.low, twins.high, twins.p_mcnemar) == (0.0, 0.0, 0.0, 1.0) and twins.n_docs == 40
         planted = paired_at(predictions, "blind", "lora", 64)
@@ -192,6 +195,16 @@ def test_the_paired_test_finds_a_planted_difference_and_none_between_twins(env, 
         assert "twin vs lora" not in report  # only ssmlora - lora and method - probe are reported
         assert "L=64: twin vs probe: no detectable difference" in report or "L=64: twin is" in report
         assert "L=64: blind is" in report and "lower in accuracy than probe" in report
+        fig = difference_vs_length(sweep)  # the figure draws the same differences, around the zero line
+        drawn = {a.get_gid(): a for a in fig.axes[0].get_children()}
+        assert drawn["diff:blind-probe"].get_ydata()[0] == pytest.approx(
+            paired_at(predictions, "blind", PROBE_SERIES, 64).diff)
+        assert list(drawn["zero"].get_ydata()) == [0, 0]
+        fig = accuracy_vs_length(sweep)  # the probe is its own line; n test documents under the length
+        texts = [t.get_text() for t in fig.axes[0].texts if t.get_gid() == "n_test"]
+        probe = sweep.ok.drop_duplicates("seed")["probe_accuracy"].mean()
+        assert texts == ["n=40"] and [a for a in fig.axes[0].get_lines() if a.get_gid() == "mean:probe"][0] \
+            .get_ydata()[0] == pytest.approx(probe)
     finally:
         unregister_method("blind")
         unregister_method("twin")
