@@ -2,9 +2,10 @@
 
 Artists that carry data have a ``gid`` so tests (and curious users) can read the drawn values back:
 ``mean:<series>`` (Line2D of per-length means), ``seeds:<series>`` (scatter of single-seed values),
-``interval:<series>`` (errorbar segments of the 95% t-interval), ``oom:<series>`` / ``failed:<series>``
-(failure markers), ``cells:<series>`` and ``front`` (Pareto), ``adapter`` / ``head`` (parameter bars),
-``heatmap:<series>`` (needle image).
+``interval:<series>`` (errorbar segments of the 95% interval: t over 3+ seeds; accuracy: else Wilson),
+``oom:<series>`` / ``failed:<series>`` (failure markers), ``cells:<series>`` and ``front`` (Pareto), ``adapter`` /
+``head`` (parameter bars), ``heatmap:<series>`` (needle image), ``n_test`` (test documents per length),
+``mean:probe`` (the probe alone); the difference figure's artists are listed in :mod:`plots.differences`.
 """
 
 from __future__ import annotations

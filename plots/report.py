@@ -1,7 +1,8 @@
 """``<sweep>/report.md``: configuration, environment, results table, figures and a measured summary.
 
-The summary states only what the table supports: ratios at a length where both methods have a successful
-cell, with the seed counts behind them, and whether 95% intervals (3+ seeds) separate the accuracies.
+The summary states only what the table supports: cost ratios at a length where both methods have a successful
+cell, with the seed counts behind them. Accuracy differences come from the paired test on the cells'
+predictions.csv (plots.stats): one is stated only when its 95 % interval excludes 0.
 """
 
 from __future__ import annotations
