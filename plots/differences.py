@@ -39,8 +39,9 @@ def difference_vs_length(sweep: Sweep):
         y = np.array([d.diff for d in diffs])
         err = np.array([[d.diff - d.low for d in diffs], [d.high - d.diff for d in diffs]])
         colour = method_colour(a)
-        style = ":" if b == PROBE_SERIES else "-"
-        ax.plot(xs, y, linestyle=style, marker="o", color=colour, label=f"{a} \u2212 {b}", gid=f"diff:{a}-{b}")
+        # against the probe: dotted with square markers (the probe's own marker), so it never reads as a - lora
+        style, marker = (":", "s") if b == PROBE_SERIES else ("-", "o")
+        ax.plot(xs, y, linestyle=style, marker=marker, color=colour, label=f"{a} \u2212 {b}", gid=f"diff:{a}-{b}")
         bars = ax.errorbar(xs, y, yerr=err, fmt="none", ecolor=colour, elinewidth=1.2, capsize=3)
         bars.lines[2][0].set_gid(f"diffci:{a}-{b}")
     if not found:
