@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from plots.source import SweepError, read_sweep_files  # noqa: F401 (SweepError re-exported)
+from plots.stats import PairedDifference, paired_difference, wilson_interval
 from ssmlora.results import NUMERIC_COLUMNS
 
 MIN_SEEDS_FOR_INTERVAL = 3
@@ -235,3 +236,79 @@ def depth_accuracy(sweep: Sweep, series: str) -> dict[tuple[float, int], CellSta
 def _joined(column: pd.Series) -> str:
     values = sorted({str(v) for v in column.dropna() if str(v).strip()})
     return ", ".join(values)
+
+
+PROBE_SERIES = "probe"  # the linear-probe head alone (LP-FT's first stage), scored on the same test documents
+
+
+def accuracy_stats(sweep: Sweep, series: str) -> list[CellStats]:
+    """Accuracy per length with its 95 % interval: over seeds (t) with 3+ seeds, else Wilson over the n_test
+    documents of the mean accuracy (one seed: the test documents are the only sampling unit)."""
+    column = "probe_accuracy" if series == PROBE_SERIES else "accuracy"
+    rows = sweep.ok[sweep.ok[column].notna()]
+    if series != PROBE_SERIES:
+        rows = rows[rows["series"] == series]
+    out = []
+    for length, group in rows.groupby("max_len"):
+        if series == PROBE_SERIES:  # one probe per (length, seed), repeated in every method's row
+            group = group.drop_duplicates("seed")
+        stats = cell_stats(group[column], int(length))
+        n_test = int(group["n_test"].min()) if group["n_test"].notna().any() else 0
+        if not stats.has_interval and n_test:
+            stats.low, stats.high = wilson_interval(stats.mean * n_test, n_test)
+        out.append(stats)
+    return out
+
+
+def n_test_by_length(sweep: Sweep) -> dict[int, int]:
+    """Test documents scored per length (the fewest over the ok cells there)."""
+    ok = sweep.ok.dropna(subset=["n_test"])
+    return {int(length): int(n) for length, n in ok.groupby("max_len")["n_test"].min().items()}
+
+
+def load_predictions(sweep: Sweep) -> pd.DataFrame:
+    """Per-document test results of every ok cell: series, max_len, seed, doc_id, correct (0/1); the probe's
+    as series PROBE_SERIES (once per length and seed). Cells without predictions.csv are left out."""
+    frames, probes_seen = [], set()
+    for row in sweep.ok.itertuples():
+        cell = sweep.path / "cells" / f"{row.method}-L{int(row.max_len)}-s{int(row.seed)}"
+        for name, series in (("predictions.csv", row.series), ("probe_predictions.csv", PROBE_SERIES)):
+            key = (int(row.max_len), int(row.seed))
+            if series == PROBE_SERIES and key in probes_seen:
+                continue
+            if not (cell / name).exists():
+                continue
+            table = pd.read_csv(cell / name, dtype={"doc_id": str})
+            probes_seen |= {key} if series == PROBE_SERIES else set()
+            frames.append(pd.DataFrame({"series": series, "max_len": key[0], "seed": key[1],
+                                        "doc_id": table["doc_id"],
+                                        "correct": (table["label"] == table["prediction"]).astype(int)}))
+    if not frames:
+        return pd.DataFrame(columns=["series", "max_len", "seed", "doc_id", "correct"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def paired_at(predictions: pd.DataFrame, a: str, b: str, length: int) -> PairedDifference | None:
+    """Paired difference a - b at one length, over the seeds and documents both have; None when none."""
+    at = predictions[predictions["max_len"] == length]
+    grids = []
+    for series in (a, b):
+        rows = at[at["series"] == series]
+        grids.append(rows.pivot_table(index="seed", columns="doc_id", values="correct", aggfunc="first"))
+    seeds = grids[0].index.intersection(grids[1].index)
+    docs = grids[0].columns.intersection(grids[1].columns)
+    if not len(seeds) or not len(docs):
+        return None
+    pa, pb = (g.loc[seeds, docs] for g in grids)
+    if pa.isna().any().any() or pb.isna().any().any():
+        keep = ~(pa.isna().any() | pb.isna().any())
+        pa, pb = pa.loc[:, keep], pb.loc[:, keep]
+    return paired_difference(pa.to_numpy(), pb.to_numpy()) if pa.shape[1] else None
+
+
+def comparison_pairs(series: list[str], with_probe: bool) -> list[tuple[str, str]]:
+    """The differences a reader needs: ssmlora - lora (any SSMLoRA mode), and each method - the probe."""
+    pairs = [(s, "lora") for s in series if s.startswith("ssmlora") and "lora" in series]
+    if with_probe:
+        pairs += [(s, PROBE_SERIES) for s in series]
+    return pairs

@@ -2,9 +2,10 @@
 
 Artists that carry data have a ``gid`` so tests (and curious users) can read the drawn values back:
 ``mean:<series>`` (Line2D of per-length means), ``seeds:<series>`` (scatter of single-seed values),
-``interval:<series>`` (errorbar segments of the 95% t-interval), ``oom:<series>`` / ``failed:<series>``
-(failure markers), ``cells:<series>`` and ``front`` (Pareto), ``adapter`` / ``head`` (parameter bars),
-``heatmap:<series>`` (needle image).
+``interval:<series>`` (errorbar segments of the 95% interval: t over 3+ seeds; accuracy: else Wilson),
+``oom:<series>`` / ``failed:<series>`` (failure markers), ``cells:<series>`` and ``front`` (Pareto), ``adapter`` /
+``head`` (parameter bars), ``heatmap:<series>`` (needle image), ``n_test`` (test documents per length),
+``mean:probe`` (the probe alone); the difference figure's artists are listed in :mod:`plots.differences`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import numpy as np
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
-from plots.data import (CellStats, Sweep, cell_stats, depth_accuracy, failure_summary, pareto_front,
-                        scaling_exponent, series_stats)
+from plots.data import (PROBE_SERIES, CellStats, Sweep, accuracy_stats, cell_stats, depth_accuracy,
+                        failure_summary, n_test_by_length, pareto_front, scaling_exponent, series_stats)
+from plots.differences import difference_vs_length
 from plots.extrapolation import accuracy_vs_eval_length, load_extrapolation
 from plots.style import (MAJORITY_MARKER, MAJORITY_STYLE, draw_failures, failure_legend_handles, figure_title,
                          method_colour, new_figure, outside_legend, readable_log_ticks, series_offset, style_axes)
@@ -38,7 +40,7 @@ class MetricSpec:
     y_range: tuple[float, float] | None = None
 
 
-ACCURACY = MetricSpec("accuracy", "Accuracy vs context length", "test accuracy (fraction)",
+ACCURACY = MetricSpec("accuracy", "Accuracy vs context length (95 % intervals)", "test accuracy (fraction)",
                       majority=True, y_range=(0.0, 1.0))
 PEAK_MEMORY = MetricSpec("peak_mem_mb", "Peak memory vs context length", "peak memory (MiB, log scale)",
                          log_y=True, exponent_name="mem")
@@ -93,8 +95,9 @@ def plot_metric_vs_length(sweep: Sweep, spec: MetricSpec):
     """A metric against context length, one line per method, failures at the top of the axis."""
     fig, (ax,) = new_figure()
     order = sweep.series
+    accuracy = spec.metric == "accuracy"
     for index, series in enumerate(order):
-        stats = series_stats(sweep, series, spec.metric)
+        stats = accuracy_stats(sweep, series) if accuracy else series_stats(sweep, series, spec.metric)
         if spec.log_y:
             stats = [s for s in stats if s.mean > 0]
         label = f"{series} ({seed_count_label([c.n for c in stats])})"
@@ -102,6 +105,8 @@ def plot_metric_vs_length(sweep: Sweep, spec: MetricSpec):
             b = scaling_exponent([s.length for s in stats], [s.mean for s in stats])
             label += f", {spec.exponent_name} \u221d L^{b:.2f}"
         draw_series(ax, stats, series=series, label=label, x_offset=series_offset(index, len(order)))
+    if accuracy:
+        draw_probe_and_counts(ax, sweep)
     if spec.majority:
         draw_majority(ax, sweep)
     style_axes(ax, xlabel=LENGTH_LABEL, ylabel=spec.ylabel, lengths=sweep.lengths, log_y=spec.log_y)
@@ -115,6 +120,18 @@ def plot_metric_vs_length(sweep: Sweep, spec: MetricSpec):
     figure_title(fig, spec.title, sweep.describe())
     outside_legend(ax, failure_legend_handles(failures["status_kind"]))
     return fig
+
+
+def draw_probe_and_counts(ax, sweep: Sweep) -> None:
+    """The linear probe alone as its own dotted line (what fine-tuning starts from), and the number of test
+    documents under each length (gid 'n_test')."""
+    probe = accuracy_stats(sweep, PROBE_SERIES)
+    if probe:
+        draw_series(ax, probe, series=PROBE_SERIES, label="linear probe, frozen model (before fine-tuning)",
+                    linestyle=":", marker="s")
+    for length, n in n_test_by_length(sweep).items():
+        ax.annotate(f"n={n}", (length, 0), xycoords=("data", "axes fraction"), xytext=(0, 3),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=7, color="dimgrey", gid="n_test")
 
 
 def draw_majority(ax, sweep: Sweep, *, linestyle: str = "--", label: str = "majority class") -> None:
@@ -320,6 +337,7 @@ FIGURES = {
     "step_time_vs_length": step_time_vs_length,
     "accuracy_vs_cost": accuracy_vs_cost,
     "trainable_parameters": trainable_parameters,
+    "difference_vs_length": difference_vs_length,
 }
 NEEDLE_FIGURE = ("needle_depth_heatmap", needle_depth_heatmap)
 

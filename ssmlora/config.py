@@ -35,6 +35,7 @@ def check_value(name: str, value, rules) -> None:
     if value is None:
         return
     items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+    items = [x for item in items for x in (item if isinstance(item, (list, tuple)) else [item])]  # dict of lists
     for item in items:
         if "choices" in rules and item not in rules["choices"]:
             raise ConfigValueError(name, item, f"choose one of {', '.join(map(str, rules['choices']))}")

@@ -85,6 +85,10 @@ COLUMNS: tuple[Column, ...] = (
     Column("accelerator", "str", "cpu | gpu"),
     Column("devices", "str", "devices per node x nodes"),
     Column("accuracy_by_depth", "json", "needle only: JSON {depth-bin lower edge: accuracy}"),
+    Column("lr", "float", "the adapter matrices' peak learning rate of the cell (empty: no adapters)"),
+    Column("selected_on", "str", "where lr came from: default (registry or --lr) or val@L<length> (--tune lr)"),
+    Column("probe_accuracy", "float", "the linear-probe head alone on the frozen model, same test documents "
+                                      "(--head-init probe), fraction", fraction=True),
 )
 assert all(c.kind in KINDS and c.need in ("always", "ok", "") for c in COLUMNS)
 RESULT_COLUMNS: list[tuple[str, str]] = [(c.name, c.meaning) for c in COLUMNS]

@@ -25,6 +25,7 @@ from plots.data import load_sweep, pareto_front, scaling_exponent, t_quantile_97
 from plots.figures import (accuracy_vs_cost, accuracy_vs_length, needle_depth_heatmap,  # noqa: E402
                            peak_memory_vs_length, step_time_vs_length, tokens_per_s_vs_length,
                            trainable_parameters)
+from plots.stats import wilson_interval  # noqa: E402
 from plots.style import FIGURE_SIZE_PX, method_colour  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -98,7 +99,7 @@ def test_report_writes_every_figure_as_png_of_fixed_size_and_parseable_svg(needl
     pngs = sorted(p.stem for p in paths if p.suffix == ".png")
     assert pngs == sorted(["accuracy_vs_length", "peak_memory_vs_length", "tokens_per_s_vs_length",
                            "step_time_vs_length", "accuracy_vs_cost", "trainable_parameters",
-                           "needle_depth_heatmap"])
+                           "difference_vs_length", "needle_depth_heatmap"])
     width, height = FIGURE_SIZE_PX
     for path in paths:
         assert path.parent in (sweep_dir / "plots", sweep_dir)
@@ -148,8 +149,13 @@ def test_accuracy_means_intervals_and_seed_points_match_fixture(three):
     low, high = sorted(segments, key=lambda s: s[0][0])[0][:, 1]
     assert low == pytest.approx(statistics.mean(values) - half, abs=1e-3)
     assert high == pytest.approx(statistics.mean(values) + half, abs=1e-3)
-    # ssmlora at 2048 has two seeds: no interval there, and the point says n=2
-    assert len(artist(fig, "interval:ssmlora").get_segments()) == 3
+    # ssmlora at 2048 has two seeds: no t-interval there but Wilson's over its test documents, and the point says n=2
+    wilson = sorted(artist(fig, "interval:ssmlora").get_segments(), key=lambda s: s[0][0])
+    assert len(wilson) == 4
+    two = seed_values("sweep_three_seeds", "ssmlora", 2048, "accuracy")
+    n_test = min(int(r["n_test"]) for r in fixture_rows("sweep_three_seeds")
+                 if r["method"] == "ssmlora" and r["max_len"] == "2048" and r["status"] == "ok")
+    np.testing.assert_allclose(wilson[2][:, 1], wilson_interval(statistics.mean(two) * n_test, n_test), atol=1e-9)
     assert [t.get_text() for t in fig.axes[0].texts if t.get_gid() == "count:ssmlora"] == ["n=2"]
     majority = artist(fig, "majority")
     np.testing.assert_allclose(majority.get_ydata(), 0.55)
@@ -167,10 +173,16 @@ def test_failures_are_marked_at_the_top_with_counts(three):
     assert fig.axes[0].get_ylim()[1] > 1.0  # the marker band sits above all accuracies
 
 
-def test_one_seed_draws_points_without_intervals_and_says_n(one):
+def test_one_seed_draws_wilson_intervals_over_the_test_documents_and_says_n(one):
     fig = accuracy_vs_length(one)
-    ax = fig.axes[0]
-    assert not [a for a in ax.get_children() if str(a.get_gid()).startswith("interval:")]
+    rows = [r for r in fixture_rows("sweep_one_seed") if r["method"] == "frozen" and r["status"] == "ok"]
+    segments = sorted(artist(fig, "interval:frozen").get_segments(), key=lambda s: s[0][0])
+    expected = [wilson_interval(float(r["accuracy"]) * int(r["n_test"]), int(r["n_test"]))
+                for r in sorted(rows, key=lambda r: int(r["max_len"]))]
+    np.testing.assert_allclose([s[:, 1] for s in segments], expected, atol=1e-9)
+    counts = {t.get_text() for t in fig.axes[0].texts if t.get_gid() == "n_test"}
+    lengths = {r["max_len"] for r in rows}
+    assert counts == {f"n={min(int(r['n_test']) for r in rows if r['max_len'] == l)}" for l in lengths}
     np.testing.assert_allclose(artist(fig, "mean:frozen").get_ydata(), [0.50, 0.52, 0.53, 0.55])
     assert "lora (n=1 seed)" in legend_texts(fig)
     assert offsets(fig, "failed:ssmlora")[0, 0] == pytest.approx(4096, rel=0.1)
@@ -282,11 +294,14 @@ def test_summary_states_measured_ratios_with_seed_counts(three):
         statistics.mean(seed_values("sweep_three_seeds", "lora", 2048, "peak_mem_mb"))
     ratio_line = next(l for l in lines if l.startswith("At L=2048"))
     assert f"{mem:.2f}× lora's peak memory" in ratio_line and "n=2 vs 3 seeds" in ratio_line
-    assert "no interval" in ratio_line  # ssmlora has 2 seeds at 2048
+    assert ratio_line.endswith("Accuracy: see the paired differences below.")
     assert any("lora: longest successful L=2048; failed at L=4096 (oom ×3)" in l for l in lines)
     # the longest length with 3 seeds on both sides gets its own line, with the interval verdict
     interval_line = next(l for l in lines if l.startswith("At L=1024"))
-    assert "n=3 vs 3 seeds" in interval_line and "95% intervals overlap" in interval_line
+    assert "n=3 vs 3 seeds" in interval_line
+    from plots.report import difference_lines  # the fixtures keep no predictions.csv: nothing is paired or stated
+    assert difference_lines(three) == ["No per-document predictions (predictions.csv) to pair: no accuracy "
+                                       "difference is stated."]
 
 
 def test_t_quantile_table():

@@ -6,6 +6,7 @@ rate already resolved. `run_cell` returns the cell's fields of the results row (
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import time
@@ -23,10 +24,10 @@ from data_prep import majority_rate
 from ssmlora.config import AdapterConfig
 from ssmlora.inject import count_parameters, enable_gradient_checkpointing, inject_adapters
 from ssmlora.lab.backbone import ModelConfig, load_backbone, resolve_model_path
-from ssmlora.lab.data import DataConfig, TaskDataModule, build_splits
+from ssmlora.lab.data import DataConfig, SealedSplit, TaskDataModule, build_splits
 from ssmlora.lab.extrapolate import longest_length, score_longer
 from ssmlora.lab.module import AdapterClassifier, OptimConfig
-from ssmlora.lab.probe import init_head_from_probe
+from ssmlora.lab.probe import init_head_from_probe, probe_predictions
 from ssmlora.lab.profilers import PeakMemoryCallback, ThroughputCallback
 from ssmlora.lab.progress import StepProgressBar
 from ssmlora.lab.runtime import RuntimeConfig, batch_plan, is_rank_zero, quiet_libraries
@@ -46,6 +47,8 @@ class CellConfig:
     data: DataConfig = field(default_factory=DataConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     label: str = ""  # the sweep's name for this cell's method, e.g. "ssmlora:scan" (default: the method)
+    tuning: bool = False  # a selection cell: scored on validation, the test split sealed (any read raises)
+    selected_on: str = "default"  # where `lr` came from: "default" (registry/--lr) or e.g. "val@L512"
 
     @property
     def method(self) -> str:
@@ -72,13 +75,21 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     effective, micro, accumulate = cfg.batch_plan()
     data, labels, pad_id, model, info = build_cell(cfg)
+    if cfg.tuning:  # selection reads validation only: a test read anywhere below raises SealedSplitError
+        data["test"] = SealedSplit("learning-rate tuning")
     if cfg.runtime.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     counts = count_parameters(model)
-    probe = {}
+    probe, probe_rows = {}, []
     if cfg.optim.head_init == "probe":
-        probe = fit_head_by_probe(cfg, model, data["train"], pad_id, Path(probe_dir or cell_dir.parent) /
-                                  f"L{cfg.max_len}-s{cfg.seed}.safetensors")
+        probe_root = Path(probe_dir or cell_dir.parent)
+        probe = fit_head_by_probe(cfg, model, data["train"], pad_id,
+                                  probe_root / f"L{cfg.max_len}-s{cfg.seed}.safetensors")
+        if not cfg.tuning:  # the probe alone on the test documents: the reference fine-tuning must beat
+            probe_rows = probe_predictions(model, data["test"], 2 * cfg.batch_plan()[1], cfg.runtime.precision,
+                                           pad_id, cache=probe_root / f"L{cfg.max_len}-test.safetensors",
+                                           write_cache=is_rank_zero())
+            probe["probe_accuracy"] = sum(r["label"] == r["prediction"] for r in probe_rows) / len(probe_rows)
     steps = cfg.optim.max_steps
     if cfg.optim.epochs > 0:  # the schedule needs the step count up front
         steps = cfg.optim.epochs * max(1, len(data["train"]) // effective)
@@ -103,6 +114,12 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     module.train()  # from_pretrained returns eval mode; adapter and hidden dropout must be live in training
     trainer.fit(module, datamodule=dm)
     best = trainer.checkpoint_callback.best_model_path if validate and trainer.checkpoint_callback else ""
+    if cfg.tuning:
+        trainer.limit_val_batches = 1.0  # off during fit when val_every is 0; the trial is scored on all of it
+        scores = trainer.validate(module, datamodule=dm, ckpt_path=best or None, verbose=False)[0]
+        return {"status": "ok", "lr": cfg.lr, "val_acc": scores.get("val_acc"), "val_loss": scores.get("val_loss"),
+                "n_validation": int(scores.get("val_n", 0)), "train_steps": trainer.global_step,
+                "wall_s": time.perf_counter() - start}
     test_start = time.perf_counter()
     # The checkpoint holds weights only; a carried SSMLoRA state is whatever training left, and the test batches
     # move it on. Keep the state the test starts from, so the saved adapter re-scores to the reported numbers.
@@ -111,8 +128,12 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     test_s = time.perf_counter() - test_start
     flops_dtype = torch.float32 if rt.precision == "32" else torch.bfloat16
     mem, rates, ranks = reduce_cell_figures(trainer, model, peak, speed, flops_dtype)
+    predictions = gather_predictions(trainer, module.predictions)
     if trainer.is_global_zero:
         save_adapters(model, cell_dir / "adapter", ssm_state=state)  # the tested weights: identical on every rank
+        write_predictions(cell_dir / "predictions.csv", predictions, doc_ids(data["test"]))
+        if probe_rows:
+            write_predictions(cell_dir / "probe_predictions.csv", probe_rows, doc_ids(data["test"]))
     longer = score_longer(cfg, trainer, module, data["test"], scores, resolve_model_path(cfg.model.model), pad_id,
                           micro) if cfg.data.eval_lengths else []
     return {
@@ -137,6 +158,36 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
         "ranks": ranks,  # per rank: peak memory, tokens/s, adapter hash (result.json only, not results.csv)
         "extrapolation": longer,  # rows of extrapolation.csv (less method, seed), result.json only
     }
+
+
+PREDICTION_COLUMNS = ("doc_id", "label", "prediction", "p_pred", "p_true")
+
+
+def gather_predictions(trainer, local: list[dict]) -> list[dict]:
+    """Every rank's test predictions (each document is scored on exactly one rank), sorted by row."""
+    everyone = [local]
+    if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        everyone = [None] * trainer.world_size
+        torch.distributed.all_gather_object(everyone, local)
+    return sorted((r for part in everyone for r in part), key=lambda r: r["row"])
+
+
+def doc_ids(split) -> list[str]:
+    """The split's document ids (data_prep's `doc_id`), or the row numbers for a dataset without them."""
+    return split["doc_id"] if "doc_id" in split.column_names else [str(i) for i in range(len(split))]
+
+
+def write_predictions(path: Path, rows: list[dict], doc_ids: list[str]) -> None:
+    """predictions.csv: one line per test document, in the test split's order (the same for every cell at one
+    length, so two cells' files pair line by line and by doc_id)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(PREDICTION_COLUMNS)
+        for r in rows:
+            out.writerow([doc_ids[r["row"]], r["label"], r["prediction"], f"{r['p_pred']:.6g}", f"{r['p_true']:.6g}"])
+    os.replace(tmp, path)
 
 
 def fit_head_by_probe(cfg: CellConfig, model, train, pad_id: int, cache: Path) -> dict:
@@ -203,7 +254,7 @@ def build_cell(cfg: CellConfig):
     """The cell's data and adapted backbone, built the same way for training and for re-scoring saved adapters.
     Returns (data, label names, pad id, model, BackboneInfo)."""
     tokenizer = resolve_model_path(cfg.model.model)
-    data = build_splits(cfg.data, cfg.max_len, tokenizer, cfg.seed)
+    data = build_splits(cfg.data, cfg.max_len, tokenizer)
     labels = list(data["train"].features["label"].names)
     pad_id = pad_token_id(tokenizer)
     model, info = load_backbone(cfg.model.model, num_labels=len(labels), max_len=longest_length(cfg),

@@ -70,17 +70,44 @@ class DataConfig:
                                   ("n_test", self.n_test)) if v}
 
 
-def build_splits(cfg: DataConfig, max_len: int, tokenizer: str, seed: int):
-    """data_prep's DatasetDict of `cfg.task` at `max_len`, test and validation cut to `cfg.eval_limit` (a seeded
-    subset, the same every run)."""
+# The documents of every split are built with this one seed, whatever the cell's seed: a cell's seed varies what
+# training does (adapter init, data order, dropout, the probe's rows and folds), never which documents exist, so
+# every method and seed at one length scores the same test documents and their predictions pair up.
+DATA_SEED = 0
+
+
+def build_splits(cfg: DataConfig, max_len: int, tokenizer: str):
+    """data_prep's DatasetDict of `cfg.task` at `max_len` (built with DATA_SEED), test and validation cut to
+    `cfg.eval_limit` (a fixed subset, the same for every seed and method)."""
     data = build_task(cfg.task, max_len=max_len, tokenizer=tokenizer, truncation="head", cache_dir=cfg.cache_dir,
-                      seed=seed, **cfg.sizes())
+                      seed=DATA_SEED, **cfg.sizes())
     limit = cfg.eval_limit(max_len)
     for split in ("test", "validation"):
         if split in data and len(data[split]) > limit:
-            keep = np.random.default_rng(seed).permutation(len(data[split]))[:limit]
+            keep = np.random.default_rng(DATA_SEED).permutation(len(data[split]))[:limit]
             data[split] = data[split].select(sorted(keep.tolist()))
     return data
+
+
+class SealedSplitError(RuntimeError):
+    """The test split was read while settings are being selected (tuning): selection may use validation only."""
+
+
+class SealedSplit:
+    """Stands in for the test split during tuning: any read raises SealedSplitError."""
+
+    def __init__(self, why: str) -> None:
+        self._why = why
+
+    def _refuse(self, *args, **kwargs):
+        raise SealedSplitError(f"the test split was read during {self._why}; selection may use validation only")
+
+    __getitem__ = __len__ = __iter__ = _refuse
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        self._refuse()
 
 
 class BucketBatchSampler(torch.utils.data.Sampler):
@@ -143,8 +170,11 @@ class PadCollator:
             n = len(r["input_ids"])
             ids[i, :n] = torch.as_tensor(r["input_ids"], dtype=torch.long)
             mask[i, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask,
-                "labels": torch.tensor([int(r["label"]) for r in rows], dtype=torch.long)}
+        batch = {"input_ids": ids, "attention_mask": mask,
+                 "labels": torch.tensor([int(r["label"]) for r in rows], dtype=torch.long)}
+        if "row" in rows[0]:
+            batch["rows"] = torch.tensor([int(r["row"]) for r in rows], dtype=torch.long)
+        return batch
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -165,6 +195,8 @@ class TaskDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.data[split].select_columns(["input_ids", "label"])
+        if not shuffle:  # evaluation batches carry each row's index, so predictions map back to documents
+            ds = ds.add_column("row", list(range(len(ds))))
         lengths = [len(x) for x in ds["input_ids"]]
         rank, world = self._rank_world()
         size = self.micro_batch if shuffle else self.eval_batch

@@ -15,6 +15,9 @@ from ssmlora.methods import get_method
 
 SCHEDULES = ("cosine", "linear", "constant")
 HEAD_INITS = ("probe", "random")
+TUNE_KNOBS = ("", "lr")
+# Half-decade steps around each method's usual range (LoRA's rates are ~10x SSMLoRA's in the paper's setting).
+DEFAULT_TUNE_GRID = {"lora": [1e-4, 3e-4, 1e-3], "ssmlora": [1e-5, 3e-5, 1e-4]}
 
 
 @dataclass
@@ -45,6 +48,15 @@ class OptimConfig:
         "choices": HEAD_INITS})
     probe_examples: int = field(default=128, metadata={
         "help": "training documents the probe is fitted on (one frozen forward each)", "ge": 10, "integer": True})
+
+    tune: str = field(default="", metadata={
+        "help": "select a knob on the validation split before the sweep: lr (each method's adapter learning "
+                "rate over --tune-grid, at --tune-len, first seed); empty: no tuning", "choices": TUNE_KNOBS})
+    tune_grid: dict[str, list[float]] = field(default_factory=lambda: dict(DEFAULT_TUNE_GRID), metadata={
+        "help": "values tried per method, increasing: METHOD=V1,V2,... (one argument per method) or V1,V2,... "
+                "for every method", "gt": 0})
+    tune_len: int = field(default=0, metadata={"help": "context length of the tuning cells (0: the sweep's "
+                                                       "shortest)", "ge": 0, "integer": True})
 
     def lr_for(self, method: str) -> float | None:
         """This method's adapter learning rate: its own entry, else the entry "*" (every method), else the
@@ -86,8 +98,10 @@ class AdapterClassifier(L.LightningModule):
                 ("acc", MulticlassAccuracy(num_labels, average="micro")),
                 ("f1", MulticlassF1Score(num_labels, average="macro")),
                 ("n", SumMetric()),
+                ("loss", MeanMetric()),
             )
         })
+        self.predictions: list[dict] = []  # filled by test_step: row, label, prediction, p_pred, p_true
 
     def forward(self, batch: dict) -> torch.Tensor:
         mask = batch["attention_mask"]
@@ -103,16 +117,19 @@ class AdapterClassifier(L.LightningModule):
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 
-    def _score(self, batch: dict, stage: str) -> None:
-        preds = self(batch).argmax(-1)
-        labels = batch["labels"]
+    def _score(self, batch: dict, stage: str) -> torch.Tensor:
+        logits = self(batch)
+        preds, labels = logits.argmax(-1), batch["labels"]
         self.metrics[f"{stage}_acc"].update(preds, labels)
         self.metrics[f"{stage}_f1"].update(preds, labels)
         self.metrics[f"{stage}_n"].update(torch.tensor(float(len(labels)), device=labels.device))
+        self.metrics[f"{stage}_loss"].update(torch.nn.functional.cross_entropy(logits.float(), labels,
+                                                                               reduction="none"))
+        return logits
 
     def _log_scores(self, stage: str) -> None:
         # The metric objects are logged, so Lightning reduces them over ranks once per epoch.
-        for name in ("acc", "f1", "n"):
+        for name in ("acc", "f1", "n", "loss"):
             self.log(f"{stage}_{name}", self.metrics[f"{stage}_{name}"], prog_bar=name == "acc")
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -121,8 +138,17 @@ class AdapterClassifier(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")
 
+    def on_test_epoch_start(self) -> None:
+        self.predictions = []
+
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._score(batch, "test")
+        logits = self._score(batch, "test")
+        if "rows" in batch:  # this rank's per-document predictions (the cell gathers and writes them)
+            probs = torch.softmax(logits.float(), -1).cpu()
+            labels = batch["labels"].cpu()
+            self.predictions += [
+                {"row": int(r), "label": int(y), "prediction": int(p.argmax()), "p_pred": float(p.max()),
+                 "p_true": float(p[y])} for r, y, p in zip(batch["rows"].cpu(), labels, probs)]
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test")

@@ -166,11 +166,7 @@ def init_head_from_probe(model: nn.Module, train, n_examples: int, seed: int, ba
         cached = None
         features = head_features(model, subset, batch_size, precision, pad_token_id)
         if cache and write_cache:
-            path = Path(cache)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            save_file({"features": features.contiguous(), "labels": labels}, str(tmp))
-            os.replace(tmp, path)
+            _save_atomically(Path(cache), features, labels)
     linear = head_linear(model)
     weight, bias, summary = fit_linear_probe(features, labels, linear.weight.shape[0], seed,
                                              intercept=linear.bias is not None)
@@ -179,3 +175,36 @@ def init_head_from_probe(model: nn.Module, train, n_examples: int, seed: int, ba
         if linear.bias is not None:
             linear.bias.copy_(bias.to(linear.bias.dtype))
     return {**summary, "probe_s": time.perf_counter() - start, "probe_cached": cached is not None}
+
+
+def probe_predictions(model: nn.Module, test, batch_size: int, precision: str = "32", pad_token_id: int = 0,
+                      cache: str | os.PathLike | None = None, write_cache: bool = True) -> list[dict]:
+    """The fitted probe head (before any fine-tuning) scored on every row of `test`: per row its label,
+    prediction, p_pred and p_true, like the cell's own predictions, so the probe pairs with every method.
+
+    The frozen model's test features are the same for every method and seed at one length (the test documents
+    are fixed), so `cache` holds them once per length; only the head, fitted per seed, differs.
+    """
+    labels = torch.as_tensor(test["label"], dtype=torch.long)
+    cached = _load_cached(Path(cache)) if cache else None
+    if cached is not None and torch.equal(cached[1], labels):
+        features = cached[0]
+    else:
+        features = head_features(model, test, batch_size, precision, pad_token_id)
+        if cache and write_cache:
+            _save_atomically(Path(cache), features, labels)
+    linear = head_linear(model)
+    with torch.no_grad():
+        logits = features @ linear.weight.detach().float().cpu().T
+        if linear.bias is not None:
+            logits += linear.bias.detach().float().cpu()
+    probs = torch.softmax(logits, -1)
+    return [{"row": i, "label": int(y), "prediction": int(p.argmax()), "p_pred": float(p.max()),
+             "p_true": float(p[y])} for i, (y, p) in enumerate(zip(labels, probs))]
+
+
+def _save_atomically(path: Path, features: torch.Tensor, labels: torch.Tensor) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({"features": features.contiguous(), "labels": labels}, str(tmp))
+    os.replace(tmp, path)

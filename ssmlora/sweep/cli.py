@@ -17,6 +17,7 @@ from ssmlora.config import ConfigValueError
 from ssmlora.lab.runtime import is_rank_zero
 from ssmlora.sweep.config import GRID, SweepConfig, flat_fields, section_type
 from ssmlora.sweep.runner import any_failed, results_table, run_sweep
+from ssmlora.sweep.tune import TuningError
 from ssmlora.sweep.validate import SweepError, flag, validate, value_error
 
 
@@ -66,6 +67,22 @@ def _lr_map(text: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(f"{text!r}: give a number or METHOD=NUMBER,...") from None
 
 
+def _grid_entry(text: str) -> tuple[str, list[float]]:
+    """One --tune-grid argument: `lora=1e-4,3e-4,1e-3` or `1e-4,3e-4` (every method, key "*")."""
+    method, _, values = text.rpartition("=")
+    try:
+        return method.strip() or "*", [float(v) for v in values.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give METHOD=V1,V2,... or V1,V2,...") from None
+
+
+class _GridAction(argparse.Action):
+    """Collects --tune-grid's arguments into {method: [values]}; a method given twice keeps its last list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, dict(values))
+
+
 def _targets(text: str):
     return text if text in ("all", "qv") else _csv(str)(text)
 
@@ -76,6 +93,10 @@ def _argument(p: argparse.ArgumentParser, name: str, hint, default, rules) -> No
     help_text = rules.get("help", "") + (f"; {allowed}" if allowed and allowed not in rules.get("help", "") else "")
     if hint is bool:
         p.add_argument(flag(name), action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        return
+    if "dict" in kind and "list" in kind:
+        p.add_argument(flag(name), type=_grid_entry, nargs="+", action=_GridAction, default=default,
+                       metavar="METHOD=V1,V2", help=help_text)
         return
     if "dict" in kind:
         parse = _lr_map
@@ -149,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TuningError as err:  # not bad input: the trials ran and failed
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished cells are in results.csv; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -5,7 +5,8 @@ Layout of a sweep folder `<out>/<name>/`:
   results.csv           one row per finished cell (ssmlora.results), merged in under a lock after every cell
   claims/               which process runs which cell (ssmlora.claims)
   cells/<cell>/         Lightning's CSVLogger output, the cell's result.json and its saved adapter
-  probe/                the linear probe's cached frozen features, per (length, seed)
+  probe/                the linear probe's cached frozen features, per (length, seed), and test features per length
+  tune/                 --tune: the validation-only trials and tuning.json (ssmlora.sweep.tune)
 
 Each cell runs in its own process(es) (`launch`); under an external launcher (`--in-process` with torchrun or
 srun) every rank runs the whole sweep in process instead, and only global rank 0 writes the sweep's files.
@@ -30,10 +31,11 @@ from ssmlora.results import (CELL_KEY, EXTRAPOLATION_FILE, SCHEMA_VERSION, cell_
                              write_extrapolation)
 from ssmlora.sweep.config import GRID, SweepConfig, split_method
 from ssmlora.sweep.launch import run_cell_in_process
+from ssmlora.sweep.tune import apply_choice, run_tuning
 from ssmlora.sweep.validate import validate
 
 
-def config_json(cfg: SweepConfig, name: str, old: dict | None = None) -> dict:
+def config_json(cfg: SweepConfig, name: str, old: dict | None = None, tuning: dict | None = None) -> dict:
     """config.json: what plots read first (name, task, model, grid), then the tree once, the values resolved on
     this machine, the identity that a resume must match, and the environment."""
     grid = {k: list(getattr(cfg, k)) for k in GRID}
@@ -51,11 +53,12 @@ def config_json(cfg: SweepConfig, name: str, old: dict | None = None) -> dict:
         "config": tree,
         "resolved": {
             "device": cfg.runtime.device_type(),
-            "lr": {m: cfg.optim.lr_for(split_method(m)[0]) for m in grid["methods"]},
+            "lr": {m: cfg.optim.lr_for(split_method(m)[0]) for m in grid["methods"]} | (tuning or {}).get("chosen", {}),
             "batch_plan": {str(L): dict(zip(("effective_batch", "micro_batch", "accumulate"),
                                             batch_plan(cfg.optim.tokens_per_step, cfg.runtime, L)))
                            for L in grid["lengths"]},
         },
+        "tuning": tuning,  # --tune: the validation trials and the values they selected
         "identity": cfg.identity(),
         "identity_hash": cfg.identity_hash(),
         "environment": environment(),
@@ -71,7 +74,7 @@ def base_row(cfg: SweepConfig, cell: CellConfig) -> dict:
         "task": cfg.data.task, "model": cfg.model.model, "method": cell.method, **cfg.row_identity(cell.label or cell.method),
         "max_len": cell.max_len, "seed": cell.seed, "precision": cfg.runtime.precision,
         "accelerator": cfg.runtime.device_type(), "devices": f"{cfg.runtime.devices}x{cfg.runtime.num_nodes}",
-        "effective_batch": cell.batch_plan()[0],
+        "effective_batch": cell.batch_plan()[0], "lr": cell.lr, "selected_on": cell.selected_on,
     }
 
 
@@ -123,10 +126,7 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name:
     sweep_hash = cfg.identity_hash()
     res_path = folder / "results.csv"
     old_cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
-    if is_rank_zero():
-        tmp = folder / f".config.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(config_json(cfg, folder.name, old_cfg), indent=2, default=str))
-        os.replace(tmp, folder / "config.json")
+    _write_config(cfg, folder, old_cfg)
 
     if not in_process and threading.current_thread() is threading.main_thread():
         # `kill <pid>` (SIGTERM) stops the sweep the way Ctrl-C does: the running cell's processes are ended
@@ -134,7 +134,11 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name:
         signal.signal(signal.SIGTERM, _interrupt)
     # Ranks started by torchrun / srun must all take the same cells, so only a sweep of one process claims.
     claims = not (in_process and cfg.runtime.world_size > 1)
-    cells = cfg.cells()
+    tuning = None
+    if cfg.optim.tune:  # selection first, on validation only; the sweep's cells then run with the chosen values
+        tuning = run_tuning(cfg, folder, in_process, log)
+        _write_config(cfg, folder, old_cfg, tuning)
+    cells = apply_choice(cfg.cells(), tuning)
     progress = Progress(len(cells), log)
     for i, cell in enumerate(cells, 1):
         key = row_key(cfg, cell)
@@ -189,6 +193,13 @@ def extrapolation_rows(cfg: SweepConfig, folder: Path) -> list[dict]:
         if path.exists():
             rows += json.loads(path.read_text())
     return rows
+
+
+def _write_config(cfg: SweepConfig, folder: Path, old_cfg: dict, tuning: dict | None = None) -> None:
+    if is_rank_zero():
+        tmp = folder / f".config.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(config_json(cfg, folder.name, old_cfg, tuning), indent=2, default=str))
+        os.replace(tmp, folder / "config.json")
 
 
 def _finished(res_path: Path, sweep_hash: str, retry_failed: bool) -> dict[tuple, dict]:

@@ -18,6 +18,7 @@ from data_prep import MAX_EXTENDED_LEN, MIN_LEN, get_task
 from ssmlora.arch import scan_direction
 from ssmlora.config import ConfigValueError, check_value
 from ssmlora.lab.backbone import BackboneError, check_backbone
+from ssmlora.lab.module import TUNE_KNOBS
 from ssmlora.lab.runtime import external_launcher
 from ssmlora.methods import get_method
 from ssmlora.results import SCHEMA_VERSION, ResultsFormatError, read_results, repair_results
@@ -42,8 +43,47 @@ def _show(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
+def check_tuning(cfg: SweepConfig) -> None:
+    """--tune, --tune-grid and --tune-len: a known knob, an increasing grid per tuned method, a validation split."""
+    optim = cfg.optim
+    if optim.tune not in TUNE_KNOBS:
+        raise SweepError(f"--tune {optim.tune}: unknown knob; the tunable knob is lr")
+    for method in optim.tune_grid:
+        if method != "*":
+            try:
+                get_method(method)
+            except ValueError as err:
+                raise SweepError(f"--tune-grid {method}=...: {err}") from None
+    if not optim.tune:
+        return
+    if optim.lr:
+        raise SweepError(f"--lr {_show([f'{k}={v:g}' for k, v in optim.lr.items()])} with --tune lr: a tuned rate is "
+                         f"selected on validation, not given; drop one of the two")
+    for method in cfg.methods:
+        if get_method(method).layer is None:
+            continue  # no adapter matrices: nothing to tune
+        grid = optim.tune_grid.get(method, optim.tune_grid.get("*"))
+        if grid is None:
+            raise SweepError(f"--tune-grid has no values for method {method}: add {method}=V1,V2,...")
+        if not grid:
+            raise SweepError(f"--tune-grid {method}= is empty: give at least one value, e.g. {method}=1e-4,3e-4")
+        if any(b <= a for a, b in zip(grid, grid[1:])):
+            raise SweepError(f"--tune-grid {method}={_show([f'{v:g}' for v in grid])}: values must strictly "
+                             f"increase (sorted, no repeats)")
+    if optim.tune_len and optim.tune_len < MIN_LEN:
+        raise SweepError(f"--tune-len {optim.tune_len}: below the task library's minimum of {MIN_LEN} tokens")
+    try:
+        task = get_task(cfg.data.task)
+    except ValueError:
+        return  # validate() reports the unknown task with the list of known ones
+    if not (cfg.data.n_validation or task.default_sizes[1]):
+        raise SweepError(f"--tune {optim.tune}: task {cfg.data.task} has no validation split, and selection may "
+                         f"not read the test split; tune on a task with one")
+
+
 def check_settings(cfg: SweepConfig) -> None:
     """Each field against the allowed values in its metadata, then the rules that span fields."""
+    check_tuning(cfg)
     try:
         for name in GRID:
             check_value(name, getattr(cfg, name), next(f for f in fields(cfg) if f.name == name).metadata)
