@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from plots.frontier import frontier_figure, frontier_section, read_frontier
 from plots.data import Sweep, cell_stats, failure_summary, load_sweep, scaling_exponent, series_stats
 
 FIGURE_CAPTIONS = {
@@ -42,8 +43,11 @@ def write_report(sweep: Sweep) -> list[Path]:
     for name, draw in figures_for(sweep).items():
         written += save_figure(draw(sweep), plot_dir, name)
         figure_names.append(name)
+    frontier = read_frontier(sweep.path)
+    if frontier:
+        written += save_figure(frontier_figure(frontier), plot_dir, "frontier")
     report_path = sweep.path / "report.md"
-    report_path.write_text(render_report(sweep, figure_names))
+    report_path.write_text(render_report(sweep, figure_names) + "\n".join(["", *frontier_section(frontier)]))
     return written + [report_path]
 
 
