@@ -489,7 +489,7 @@ FRONTIER_COLUMNS: tuple[tuple[str, str], ...] = (
     ("cap_hit", "True when max_len is the reach: memory was not the limit"),
     ("step_peak_mb", "peak MiB of the real step at max_len (CUDA: max allocated; CPU: weights + RSS rise)"),
     ("predicted_len", "the fitted prediction before any confirming step (0: none)"),
-    ("exponent", "fitted b of step peak - fixed = c * L**b over the probe lengths"),
+    ("exponent", "fitted b of step peak = a + c * L**b over the real steps of the probe lengths"),
     ("fixed_mb", "weights, gradients and optimizer state, MiB (counted)"),
     ("attempts", "JSON {L: peak MiB or 'oom'} of every real step"),
     ("seconds", "wall time of this row's search"),

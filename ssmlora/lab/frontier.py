@@ -129,14 +129,50 @@ def step_peak_mb(model: nn.Module, length: int, device: torch.device, autocast_d
     return resident + meter.result["step_rise_mb"]
 
 
+def fit_step_curve(points: list[tuple[int, float]]) -> tuple[float, float, float]:
+    """(a, c, b) of peak(L) = a + c * L**b fitted to [(L, peak)], least squares in relative error.
+
+    `a` takes what does not grow with L (weights, optimizer state, kernel workspaces), c * L**b the rest: a plain
+    power law through short probes would read a constant part as a smaller exponent and under-predict long L.
+    b is searched on [0.5, 3] in steps of 0.005 (a, c solved linearly for each b, c >= 0); two points give b = 1.
+    """
+    if len({L for L, _ in points}) < 2:
+        raise ValueError("fitting a step curve needs at least two distinct lengths")
+    lengths = torch.tensor([float(L) for L, _ in points], dtype=torch.float64)
+    peaks = torch.tensor([float(p) for _, p in points], dtype=torch.float64)
+    best = (math.inf, 0.0, 0.0, 1.0)
+    for b in ([1.0] if len(set(lengths.tolist())) == 2 else [0.5 + 0.005 * i for i in range(501)]):
+        design = torch.stack([torch.ones_like(lengths), lengths**b], 1) / peaks[:, None]
+        a, c = torch.linalg.lstsq(design, torch.ones_like(peaks)).solution.tolist()
+        if c <= 0:
+            continue
+        error = float((((a + c * lengths**b) - peaks) / peaks).square().sum())
+        if error < best[0] - 1e-12:
+            best = (error, a, c, b)
+    if best[0] == math.inf:
+        raise ValueError("the step's memory does not grow with the length: cannot predict")
+    return best[1], best[2], best[3]
+
+
+def predict_step_len(points: list[tuple[int, float]], budget_mb: float, reach: int, multiple: int = 256) -> int:
+    """Largest multiple of `multiple` <= reach whose fitted step peak (`fit_step_curve`) is within the budget."""
+    a, c, b = fit_step_curve(points)
+    k = reach // multiple
+    while k > 0 and a + c * (k * multiple) ** b > budget_mb:
+        k -= 1
+    return k * multiple
+
+
 def frontier_point(build: Callable[[int], nn.Module], budget_bytes: int, device: str | torch.device = "cpu",
-                   autocast_dtype: torch.dtype | None = None, probe_lengths: tuple[int, ...] = (1024, 2048, 4096),
+                   autocast_dtype: torch.dtype | None = None, probe_lengths: tuple[int, ...] = (2048, 4096, 8192),
                    reach: int = 32768, multiple: int = 256, max_confirms: int = 4, log=None) -> dict:
     """Largest L (multiple of `multiple`, <= `reach`) whose training step fits `budget_bytes`; see the module.
 
     `build(L)` returns the adapted model (gradient checkpointing already set as wanted) for inputs of L tokens.
-    Returns the frontier.csv fields this function knows: max_len, how, reach, cap_hit, step_peak_mb (real step
-    at max_len), predicted_len, exponent, fixed_mb, attempts (JSON {L: peak MiB, or "oom"}), seconds.
+    CPU: every real step (probe or confirmation) becomes a point of the fitted curve, so a confirmation over
+    the budget sharpens the next prediction. Returns the frontier.csv fields this function knows: max_len,
+    how, reach, cap_hit, step_peak_mb (real step at max_len), predicted_len (the first prediction), exponent,
+    fixed_mb, attempts (JSON {L: peak MiB, or "oom"}), seconds.
     """
     device = torch.device(device)
     start, budget_mb = time.perf_counter(), budget_bytes / MiB
@@ -156,6 +192,13 @@ def frontier_point(build: Callable[[int], nn.Module], budget_bytes: int, device:
         say(f"  L={length}: " + ("out of memory" if peak is None else f"{peak:.0f} MiB"))
         return peak
 
+    def fits(length: int) -> bool:
+        peak = attempts[length] if length in attempts else attempt(length)
+        return peak != "oom" and peak <= budget_mb
+
+    def measured() -> list[tuple[int, float]]:
+        return [(L, p) for L, p in attempts.items() if p != "oom"]
+
     probes = sorted({L for L in probe_lengths if L <= reach})
     first = build(probes[0])
     fixed_mb = memory_decomposition(first)["fixed_mb"]
@@ -163,35 +206,30 @@ def frontier_point(build: Callable[[int], nn.Module], budget_bytes: int, device:
     del first
     attempt(probes[0])  # warm-up: the first step also carries the kernel libraries' one-off buffers
     attempts.clear()
-    points = [(L, peak - fixed_mb) for L in probes if (peak := attempt(L)) is not None and peak <= budget_mb]
-    predicted, exponent = None, math.nan
-    if len(points) >= 2 and all(v > 0 for _, v in points):
-        exponent = fit_power_law(*zip(*points))[1]
-        if exponent > 0:
-            predicted = predict_max_len(fixed_mb * MiB, [(L, v * MiB) for L, v in points], budget_bytes, multiple)
-    guess = min(predicted, reach // multiple * multiple) if predicted else None
-
-    def fits(length: int) -> bool:
-        peak = attempts[length] if length in attempts else attempt(length)
-        return peak != "oom" and peak is not None and peak <= budget_mb
-
-    if device.type == "cuda" or guess is None:  # real attempts, bisection
+    for length in probes:
+        if not fits(length):  # no point probing longer
+            break
+    predicted, exponent = 0, math.nan
+    if len(measured()) >= 2:
+        exponent = fit_step_curve(measured())[2]
+        predicted = predict_step_len(measured(), budget_mb, reach, multiple)
+    if device.type == "cuda" or predicted == 0:  # real attempts, bisection from the prediction
         how = "measured"
-        best = find_frontier(fits, multiple, reach, multiple, guess=guess)
-    else:  # CPU: one real step at the prediction confirms it; step down by the fitted law while it does not fit
-        how, best = "predicted", guess
+        best = find_frontier(fits, multiple, reach, multiple, guess=predicted or None)
+    else:  # CPU: real steps at the prediction until one fits, each refining the curve
+        how, best = "predicted", predicted
         for _ in range(max_confirms):
-            if best <= 0 or fits(best):
+            if fits(best):
                 break
-            over = attempts[best]
-            room, need = budget_mb - fixed_mb, float(over) - fixed_mb
-            shrink = (room / need) ** (1 / exponent) if room > 0 and need > 0 else 0.5
-            best = min(best - multiple, int(best * shrink) // multiple * multiple)
+            best = min(best - multiple, predict_step_len(measured(), budget_mb, reach, multiple))
+            if best <= 0:
+                best = 0
+                break
         else:
-            best = 0 if not fits(best) else best
+            best = best if fits(best) else 0
     peak = attempts.get(best)
     return {"max_len": best, "how": how, "reach": reach, "cap_hit": best >= reach // multiple * multiple,
-            "step_peak_mb": peak if isinstance(peak, float) else None, "predicted_len": predicted or 0,
+            "step_peak_mb": peak if isinstance(peak, float) else None, "predicted_len": predicted,
             "exponent": exponent, "fixed_mb": fixed_mb, "attempts": json.dumps({str(k): v for k, v in attempts.items()}),
             "seconds": time.perf_counter() - start}
 
