@@ -71,7 +71,7 @@ def frontier_figure(rows: list[dict]):
     ax.set_ylabel("longest L that fits (tokens, log\u2082 scale)")
     ax.grid(axis="y", alpha=0.3)
     budget = rows[0]["mem_budget_mb"] if rows else float("nan")
-    about = (f"{Path(rows[0]['model']).name}, {rows[0]['attn_impl']}, {rows[0]['precision']}, {rows[0]['device']}, "
+    about = (f"{Path(rows[0]['model']).name}, {rows[0]['attn_impl']}, precision {rows[0]['precision']}, {rows[0]['device']}, "
              f"budget {budget / 1024:.3g} GiB" if rows else "no rows")
     figure_title(fig, "Max-context frontier (micro-batch 1)", about)
     outside_legend(ax)
@@ -99,20 +99,3 @@ def frontier_section(rows: list[dict]) -> list[str]:
             lines.append(f"\n{method}: gradient checkpointing moves the frontier from {pair[False]} to {pair[True]} "
                          f"tokens ({pair[True] / pair[False]:.2f}\u00d7).")
     return lines + ["", "![frontier](plots/frontier.png)", "", CAPTION, ""]
-
-
-def write_frontier_outputs(folder: str | Path) -> list[Path]:
-    """Draw plots/frontier.png|svg and rewrite report.md (the full report when the folder holds a sweep's
-    results, else the frontier section alone); return the written paths."""
-    from plots.style import save_figure
-
-    folder = Path(folder)
-    rows = read_frontier(folder)
-    if (folder / "results.csv").exists() and (folder / "config.json").exists():
-        from plots.report import make_report
-
-        return make_report(folder)
-    written = save_figure(frontier_figure(rows), folder / "plots", "frontier")
-    report = folder / "report.md"
-    report.write_text("\n".join([f"# Frontier report: {folder.name}", "", *frontier_section(rows)]))
-    return written + [report]

@@ -229,3 +229,18 @@ def _text(value) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(str(v) for v in value)
     return str(value)
+
+
+def write_frontier_outputs(folder: str | Path) -> list[Path]:
+    """Draw plots/frontier.png|svg and rewrite report.md (the full report when the folder holds a sweep's
+    results, else the frontier section alone); return the written paths."""
+    from plots.style import save_figure
+
+    folder = Path(folder)
+    rows = read_frontier(folder)
+    if (folder / "results.csv").exists() and (folder / "config.json").exists():
+        return make_report(folder)
+    written = save_figure(frontier_figure(rows), folder / "plots", "frontier")
+    report = folder / "report.md"
+    report.write_text("\n".join([f"# Frontier report: {folder.name}", "", *frontier_section(rows)]))
+    return written + [report]

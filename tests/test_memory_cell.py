@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -80,6 +79,14 @@ def test_frontier_is_longer_with_checkpointing(bert, tmp_path):
         table = list(csv.DictReader(fh))
     assert list(table[0]) == [c for c, _ in FRONTIER_COLUMNS] and len(table) == 2
     assert table[0]["mem_budget_mb"] == "300.0"
+
+    from plots.report import write_frontier_outputs
+
+    written = write_frontier_outputs(folder)  # no sweep results in the folder: the frontier's own report
+    assert folder / "plots" / "frontier.png" in written
+    report = (folder / "report.md").read_text()
+    assert f"| lora | off | {by[False]['max_len']} | predicted |" in report
+    assert f"from {by[False]['max_len']} to {by[True]['max_len']} tokens" in report
 
 
 def test_frontier_reports_the_reach_when_memory_is_not_the_limit(bert, tmp_path):

@@ -186,7 +186,7 @@ def frontier_main(cfg: SweepConfig, args) -> int:
     if args.mem_budget is None:
         raise SweepError("--frontier needs --mem-budget SIZE (e.g. 8GiB): the memory a training step may use")
     folder, _ = run_frontier(cfg, args.mem_budget, out=args.out, name=args.name)
-    from plots.frontier import write_frontier_outputs
+    from plots.report import write_frontier_outputs
 
     for path in write_frontier_outputs(folder):
         print(f"wrote {path}")
