@@ -157,7 +157,7 @@ def memory_vs_length(sweep: Sweep):
                      label=f"weights + grads + optimizer ({low:.0f}\u2013{high:.0f} MiB)")
     counted = (sweep.ok["activations_mb_per_seq"] > 0).any()
     style_axes(left, xlabel=LENGTH_LABEL, ylabel="activations_mb_per_seq (MiB, log scale)", lengths=sweep.lengths,
-               log_y=bool(counted), title="saved for backward, per sequence")
+               log_y=bool(counted), title="activations per sequence")
     draw_decomposition(right, sweep)
     if not counted:
         left.text(0.5, 0.5, "no counted memory in results.csv", transform=left.transAxes, ha="center", color="grey")
@@ -191,7 +191,7 @@ def draw_decomposition(ax, sweep: Sweep) -> None:
     ax.set_xticks(range(len(lengths)), [_short_length(L) for L in lengths])
     basis = sorted({str(v) for v in sweep.ok["mem_basis"].dropna() if str(v).strip()})
     style_axes(ax, xlabel="context length L (tokens)", ylabel="MiB",
-               title="training step, stacked" + (f" (train_peak_mb: {', '.join(basis)})" if basis else ""))
+               title="step, stacked" + (f" ({', '.join(basis)})" if basis else ""))
 
 
 def tokens_per_s_vs_length(sweep: Sweep):

@@ -26,7 +26,7 @@ def bert(tmp_path_factory):
 
 def test_train_peak_is_the_same_with_cold_and_warm_caches(bert, tmp_path):
     # Cold: the cell builds the data and the probe's features in its own process; warm: both are cached.
-    # Eager attention at L=1024, 4 sequences per micro-batch: the training peak (~0.3 GiB) is mostly activations,
+    # Eager attention at L=1024, 4 sequences per micro-batch: the training peak (~90 MiB) is mostly activations,
     # large against the few MiB by which a process's RSS may wander.
     cfg = SweepConfig.from_flat(model=str(bert), attn="eager", task="topic-mix", cache_dir=str(tmp_path / "data"),
                                 max_steps=2, tokens_per_step=4096, lr={"*": 5e-3}, threads=1, **SIZES)
@@ -39,7 +39,7 @@ def test_train_peak_is_the_same_with_cold_and_warm_caches(bert, tmp_path):
     # training rise has been up to 14 MiB higher, not yet explained: allowed on top of 3 % until it is.
     gap = abs(cold["train_peak_mb"] - warm["train_peak_mb"])
     assert gap <= 0.03 * warm["train_peak_mb"] + 16, (cold["phases"], warm["phases"])
-    assert cold["mem_basis"] == "cpu_rss_rise" and warm["train_peak_mb"] > 100
+    assert cold["mem_basis"] == "cpu_rss_rise" and warm["train_peak_mb"] > 50
     # counted parts: exact, so equal both ways; the remainder is what the count leaves out (runtime of the step)
     for key in ("weights_frozen_mb", "weights_trainable_mb", "grads_mb", "optimizer_mb", "activations_mb",
                 "activations_mb_per_seq"):
