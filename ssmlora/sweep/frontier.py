@@ -93,7 +93,7 @@ def run_frontier(cfg: SweepConfig, budget_bytes: int, out: str | os.PathLike = "
                          "mem_budget_mb": budget_bytes / MiB, "model": cfg.model.model, "attn_impl": attn,
                          "precision": cfg.runtime.precision, "device": device.type, "note": note})
             log(f"  -> max L {point['max_len']} ({point['how']}{', ' + note if note else ''})", flush=True)
-    write_frontier(folder / "frontier.csv", rows)
+            write_frontier(folder / "frontier.csv", rows)  # after every row: a run cut short keeps its rows
     log(f"frontier: {len(rows)} rows in {time.perf_counter() - start:.0f} s -> {folder / 'frontier.csv'}")
     return folder, rows
 
