@@ -42,8 +42,13 @@ class MetricSpec:
 
 ACCURACY = MetricSpec("accuracy", "Accuracy vs context length (95 % intervals)", "test accuracy (fraction)",
                       majority=True, y_range=(0.0, 1.0))
-PEAK_MEMORY = MetricSpec("peak_mem_mb", "Peak memory vs context length", "peak memory (MiB, log scale)",
-                         log_y=True, exponent_name="mem")
+PEAK_MEMORY = MetricSpec("train_peak_mb", "Training-phase peak memory vs context length",
+                         "train_peak_mb (MiB, log scale)", log_y=True, exponent_name="mem")
+# The parts of a training step's memory, bottom to top of a stacked bar, with the opacity of the method colour.
+DECOMPOSITION = (("weights", ("weights_frozen_mb", "weights_trainable_mb"), 0.25, None),
+                 ("grads + optimizer", ("grads_mb", "optimizer_mb"), 0.5, None),
+                 ("activations (one micro-batch)", ("activations_mb",), 0.95, None),
+                 ("unexplained", ("unexplained_mb",), 0.15, "xx"))
 REAL_TOKENS = MetricSpec("real_tokens_per_s", "Training throughput vs context length",
                          "real (non-padding) tokens/s")
 STEP_TIME = MetricSpec("step_time_s", "Step time vs context length", "median optimizer-step time (s, log scale)",
@@ -147,8 +152,64 @@ def accuracy_vs_length(sweep: Sweep):
     return plot_metric_vs_length(sweep, ACCURACY)
 
 
-def peak_memory_vs_length(sweep: Sweep):
-    return plot_metric_vs_length(sweep, PEAK_MEMORY)
+def memory_vs_length(sweep: Sweep):
+    """Left: counted activations per sequence against L (log-log, fitted exponent per method), with weights +
+    gradients + optimizer state as a flat band. Right: the training step's parts at each L, stacked per method.
+
+    Every value comes from one column per part (activations_mb_per_seq, weights_*_mb, grads_mb, optimizer_mb,
+    activations_mb, unexplained_mb), so the panels compare like with like across methods.
+    """
+    fig, (left, right) = new_figure(ncols=2)
+    order = sweep.series
+    for index, series in enumerate(order):
+        stats = [s for s in series_stats(sweep, series, "activations_mb_per_seq") if s.mean > 0]
+        label = series
+        if len(stats) >= 2:
+            b = scaling_exponent([s.length for s in stats], [s.mean for s in stats])
+            label += f", \u221d L^{b:.2f}"
+        draw_series(left, stats, series=series, label=label, x_offset=series_offset(index, len(order)))
+    fixed = sweep.ok[["weights_frozen_mb", "weights_trainable_mb", "grads_mb", "optimizer_mb"]].sum(axis=1, min_count=4)
+    if fixed.notna().any():
+        low, high = float(fixed.min()), float(fixed.max())
+        left.axhspan(low / 1.04, high * 1.04, color="grey", alpha=0.25, gid="fixed_band",
+                     label=f"weights + grads + optimizer ({low:.0f}\u2013{high:.0f} MiB)")
+    counted = (sweep.ok["activations_mb_per_seq"] > 0).any()
+    style_axes(left, xlabel=LENGTH_LABEL, ylabel="activations_mb_per_seq (MiB, log scale)", lengths=sweep.lengths,
+               log_y=bool(counted), title="activations per sequence")
+    draw_decomposition(right, sweep)
+    if not counted:
+        left.text(0.5, 0.5, "no counted memory in results.csv", transform=left.transAxes, ha="center", color="grey")
+    failures = failure_summary(sweep)
+    draw_failures(left, failures, order)
+    figure_title(fig, "Memory of a training step vs context length", sweep.describe())
+    parts = [Patch(facecolor="grey", alpha=alpha, hatch=hatch, label=name) for name, _, alpha, hatch in DECOMPOSITION]
+    outside_legend(right, parts + failure_legend_handles(failures["status_kind"]), source_axes=[left])
+    return fig
+
+
+def draw_decomposition(ax, sweep: Sweep) -> None:
+    """Stacked bars, one per (length, method), of the mean parts over ok seeds (gid ``stack:<series>:<part>``)."""
+    lengths, order = sweep.lengths, sweep.series
+    width = 0.8 / max(1, len(order))
+    for index, series in enumerate(order):
+        rows = sweep.ok[sweep.ok["series"] == series].groupby("max_len")
+        for x, length in enumerate(lengths):
+            if length not in rows.groups:
+                continue
+            cell = rows.get_group(length)
+            bottom = 0.0
+            for name, columns, alpha, hatch in DECOMPOSITION:
+                value = float(cell[list(columns)].sum(axis=1, min_count=len(columns)).mean())
+                if math.isnan(value) or value <= 0:
+                    continue
+                ax.bar([x + (index - (len(order) - 1) / 2) * width], [value], width * 0.95, bottom=bottom,
+                       color=method_colour(series), alpha=alpha, hatch=hatch, edgecolor=method_colour(series),
+                       linewidth=0.5, gid=f"stack:{series}:{name}")
+                bottom += value
+    ax.set_xticks(range(len(lengths)), [_short_length(L) for L in lengths])
+    basis = sorted({str(v) for v in sweep.ok["mem_basis"].dropna() if str(v).strip()})
+    style_axes(ax, xlabel="context length L (tokens)", ylabel="MiB",
+               title="step, stacked" + (f" ({', '.join(basis)})" if basis else ""))
 
 
 def tokens_per_s_vs_length(sweep: Sweep):
@@ -162,7 +223,8 @@ def step_time_vs_length(sweep: Sweep):
 def accuracy_vs_cost(sweep: Sweep):
     """Accuracy against peak memory and against step time: one marker per (method, length), Pareto front."""
     fig, axes = new_figure(ncols=2)
-    costs = (("peak_mem_mb", "peak memory (MiB, log scale)"), ("step_time_s", "step time (s, log scale)"))
+    costs = (("train_peak_mb", "train_peak_mb: training-phase peak (MiB, log scale)"),
+             ("step_time_s", "step time (s, log scale)"))
     for ax, (cost, xlabel) in zip(axes, costs):
         points = []  # (cost, accuracy) of every drawn cell, for the front
         for series in sweep.series:
@@ -332,7 +394,7 @@ def _short_length(length: int) -> str:
 
 FIGURES = {
     "accuracy_vs_length": accuracy_vs_length,
-    "peak_memory_vs_length": peak_memory_vs_length,
+    "memory_vs_length": memory_vs_length,
     "tokens_per_s_vs_length": tokens_per_s_vs_length,
     "step_time_vs_length": step_time_vs_length,
     "accuracy_vs_cost": accuracy_vs_cost,

@@ -13,6 +13,7 @@ from pathlib import Path
 from plots import extrapolation
 from plots.data import (Sweep, accuracy_stats, cell_stats, failure_summary, load_sweep, scaling_exponent,
                         series_stats)
+from plots.frontier import frontier_figure, frontier_section, read_frontier
 
 FIGURE_CAPTIONS = {
     "accuracy_vs_length": "Test accuracy against context length: mean over seeds (line), single seeds (dots), "
@@ -21,11 +22,14 @@ FIGURE_CAPTIONS = {
     "difference_vs_length": "Paired accuracy differences on the same test documents (SSMLoRA \u2212 LoRA, each "
                             "method \u2212 probe) with 95% bootstrap intervals; a bar crossing the zero line is no "
                             "detectable difference.",
-    "peak_memory_vs_length": "Peak memory against length (log-log); the legend gives the fitted exponent b of "
-                             "memory \u221d L^b.",
+    "memory_vs_length": "Left: bytes saved for backward per sequence (`activations_mb_per_seq`, counted) "
+                        "against L, log-log, with the fitted exponent b of memory \u221d L^b; the grey band is "
+                        "weights + gradients + optimizer state. Right: the training step's parts at each L, "
+                        "stacked (weights, gradients + optimizer, one micro-batch's activations, and what the "
+                        "measured `train_peak_mb` leaves unexplained).",
     "tokens_per_s_vs_length": "Training throughput in real (non-padding) tokens per second, all devices.",
     "step_time_vs_length": "Median optimizer-step time after warm-up (log-log), with the fitted exponent.",
-    "accuracy_vs_cost": "Accuracy against peak memory and step time, one marker per method and length; the "
+    "accuracy_vs_cost": "Accuracy against the training-phase peak (`train_peak_mb`) and step time, one marker per method and length; the "
                         "dotted staircase is the Pareto front.",
     "trainable_parameters": "Trainable parameters: adapter and classifier head counted separately.",
     "needle_depth_heatmap": "Needle accuracy by needle depth (rows) and context length (columns).",
@@ -50,8 +54,11 @@ def write_report(sweep: Sweep) -> list[Path]:
     for name, draw in figures_for(sweep).items():
         written += save_figure(draw(sweep), plot_dir, name)
         figure_names.append(name)
+    frontier = read_frontier(sweep.path)
+    if frontier:
+        written += save_figure(frontier_figure(frontier), plot_dir, "frontier")
     report_path = sweep.path / "report.md"
-    report_path.write_text(render_report(sweep, figure_names))
+    report_path.write_text(render_report(sweep, figure_names) + "\n".join(["", *frontier_section(frontier)]))
     return written + [report_path]
 
 
@@ -97,12 +104,13 @@ def summary_lines(sweep: Sweep) -> list[str]:
     lines += reach_lines(sweep)
     exponents = []
     for series in sweep.series:
-        stats = series_stats(sweep, series, "peak_mem_mb")
+        stats = series_stats(sweep, series, "activations_mb_per_seq")
         b = scaling_exponent([s.length for s in stats], [s.mean for s in stats])
         if not math.isnan(b):
             exponents.append(f"{series} L^{b:.2f}")
     if exponents:
-        lines.append("Peak memory grew as " + ", ".join(exponents) + " (least-squares fit on log-log means).")
+        lines.append("Activation memory per sequence (`activations_mb_per_seq`, counted) grew as "
+                     + ", ".join(exponents) + " (least-squares fit on log-log means).")
     for series in sweep.series:
         if series != REFERENCE_METHOD and REFERENCE_METHOD in sweep.series and series != "frozen":
             lines += comparison_lines(sweep, series, REFERENCE_METHOD)
@@ -147,8 +155,11 @@ def ratio_line(sweep: Sweep, series: str, reference: str, a, b, length: int) -> 
         va, vb = a[column].mean(), b[column].mean()
         return va / vb if not (math.isnan(va) or math.isnan(vb)) and vb > 0 else math.nan
 
+    bases = set(a["mem_basis"].dropna()) | set(b["mem_basis"].dropna())
+    memory = ratio("train_peak_mb") if len(bases) == 1 else math.nan  # never across two memory bases
+    what_memory = f"training peak (train_peak_mb, {next(iter(bases))})" if len(bases) == 1 else ""
     used = [f"{r:.2f}\u00d7 {reference}'s {what}" for what, r in
-            (("peak memory", ratio("peak_mem_mb")), ("step time", ratio("step_time_s"))) if not math.isnan(r)]
+            ((what_memory, memory), ("step time", ratio("step_time_s"))) if not math.isnan(r)]
     line = f"At L={length} (n={len(a)} vs {len(b)} seeds) {series} used " + (
         " and ".join(used) if used else "no comparable cost measurement")
     throughput = ratio("real_tokens_per_s")
@@ -202,7 +213,8 @@ def environment_items(sweep: Sweep) -> list[tuple[str, str]]:
     items = [(k, _text(v)) for k, v in environment.items()] if isinstance(environment, dict) else []
     for column, what in (("attn_impl", "attention kernel"), ("precision", "precision"),
                          ("accelerator", "accelerator"), ("devices", "devices (per node x nodes)"),
-                         ("mem_includes", "peak memory includes")):
+                         ("mem_includes", "peak_mem_mb (whole process) includes"),
+                         ("mem_basis", "train/eval/probe_peak_mb measure")):
         values = sorted({str(v) for v in sweep.table[column].dropna() if str(v).strip()})
         items.append((what, ", ".join(values) if values else "not recorded"))
     return items
@@ -211,7 +223,7 @@ def environment_items(sweep: Sweep) -> list[tuple[str, str]]:
 def results_table(sweep: Sweep) -> list[str]:
     """Markdown table, one row per (method, length)."""
     header = ["method", "L", "seeds ok/run", "status", "accuracy [95 % CI]", "n", "probe", "majority",
-              "peak mem (MiB)",
+              "train_peak_mb (MiB)",
               "real tokens/s", "step time (s)", "adapter params", "head params"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     groups = sweep.table.groupby(["series", "max_len"])
@@ -224,7 +236,7 @@ def results_table(sweep: Sweep) -> list[str]:
         probe = cell_stats(ok.drop_duplicates("seed")["probe_accuracy"], int(length))
         cells = [series, str(int(length)), f"{len(ok)}/{len(group)}", status, _accuracy_text(accuracy),
                  _number(ok["n_test"].min(), ".0f"), _number(probe.mean, ".3f"),
-                 _number(group["majority_rate"].mean(), ".2f"), _number(ok["peak_mem_mb"].mean(), ".0f"),
+                 _number(group["majority_rate"].mean(), ".2f"), _number(ok["train_peak_mb"].mean(), ".0f"),
                  _number(ok["real_tokens_per_s"].mean(), ".0f"), _number(ok["step_time_s"].mean(), ".3f"),
                  _number(group["adapter_params"].median(), ".0f"), _number(group["head_params"].median(), ".0f")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -251,3 +263,18 @@ def _text(value) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(str(v) for v in value)
     return str(value)
+
+
+def write_frontier_outputs(folder: str | Path) -> list[Path]:
+    """Draw plots/frontier.png|svg and rewrite report.md (the full report when the folder holds a sweep's
+    results, else the frontier section alone); return the written paths."""
+    from plots.style import save_figure
+
+    folder = Path(folder)
+    rows = read_frontier(folder)
+    if (folder / "results.csv").exists() and (folder / "config.json").exists():
+        return make_report(folder)
+    written = save_figure(frontier_figure(rows), folder / "plots", "frontier")
+    report = folder / "report.md"
+    report.write_text("\n".join([f"# Frontier report: {folder.name}", "", *frontier_section(rows)]))
+    return written + [report]

@@ -68,8 +68,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("head_params", "int", "trainable classifier-head parameters", "ok"),
     Column("trainable_params", "int", "all trainable parameters", "ok"),
     Column("peak_mem_mb", "float",
-           "peak memory of the cell in MiB (CUDA: max allocated; CPU: peak RSS of the cell's process)"),
-    Column("peak_reserved_mb", "float", "CUDA: max reserved MiB; empty on CPU"),
+           "whole-process peak of the cell's process in MiB, every phase (CUDA: max allocated; CPU: peak RSS); "
+           "compare training with train_peak_mb"),
+    Column("peak_reserved_mb", "float", "CUDA: whole-process max reserved MiB; empty on CPU"),
     Column("mem_includes", "str", "what peak_mem_mb includes"),
     Column("real_tokens_per_s", "float", "non-padding training tokens per second, after warm-up, all devices"),
     Column("padded_tokens_per_s", "float", "training tokens per second including padding, after warm-up, all devices"),
@@ -89,6 +90,21 @@ COLUMNS: tuple[Column, ...] = (
     Column("selected_on", "str", "where lr came from: default (registry or --lr) or val@L<length> (--tune lr)"),
     Column("probe_accuracy", "float", "the linear-probe head alone on the frozen model, same test documents "
                                       "(--head-init probe), fraction", fraction=True),
+    Column("train_peak_mb", "float", "training phase alone, MiB (mem_basis: CUDA max allocated, weights included; "
+                                     "CPU rise of RSS over the phase's start)"),
+    Column("eval_peak_mb", "float", "test phase alone, MiB (same basis)"),
+    Column("probe_peak_mb", "float", "linear-probe phase alone, MiB (same basis; ~0 when its features were cached)"),
+    Column("build_peak_mb", "float", "data build and backbone load, rise of host RSS, MiB"),
+    Column("train_reserved_mb", "float", "CUDA: max reserved during training, MiB; empty on CPU"),
+    Column("eval_reserved_mb", "float", "CUDA: max reserved during the test, MiB; empty on CPU"),
+    Column("mem_basis", "str", "cuda_max_allocated | cpu_rss_rise: what the phase columns measure"),
+    Column("weights_frozen_mb", "float", "frozen parameters and buffers, MiB (counted from shapes)"),
+    Column("weights_trainable_mb", "float", "trainable parameters (adapters + head), MiB"),
+    Column("grads_mb", "float", "gradients of the trainable parameters, MiB"),
+    Column("optimizer_mb", "float", "AdamW state (two moments + step), MiB"),
+    Column("activations_mb", "float", "bytes saved for backward by one micro-batch, MiB (counted)"),
+    Column("activations_mb_per_seq", "float", "saved for backward per sequence of length L, MiB (counted)"),
+    Column("unexplained_mb", "float", "train_peak_mb minus the counted parts it contains"),
 )
 assert all(c.kind in KINDS and c.need in ("always", "ok", "") for c in COLUMNS)
 RESULT_COLUMNS: list[tuple[str, str]] = [(c.name, c.meaning) for c in COLUMNS]
@@ -489,3 +505,27 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# frontier.csv (`experiments/run.py --frontier`): one row per (method, gradient checkpointing). Column order.
+FRONTIER_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("method", "adapter method"),
+    ("gradient_checkpointing", "True | False"),
+    ("max_len", "longest L (multiple of 256) whose training step at micro-batch 1 fits the budget; 0: none"),
+    ("mem_budget_mb", "the budget, MiB"),
+    ("how", "measured (real attempts, bisection; CUDA) | predicted (fitted from probe steps, confirmed by one "
+            "real step at max_len; CPU)"),
+    ("reach", "longest input the backbone takes; max_len never exceeds it"),
+    ("cap_hit", "True when max_len is the reach: memory was not the limit"),
+    ("step_peak_mb", "peak MiB of the real step at max_len (CUDA: max allocated; CPU: weights + RSS rise)"),
+    ("predicted_len", "the fitted prediction before any confirming step (0: none)"),
+    ("exponent", "fitted b of step peak = a + c * L**b over the real steps of the probe lengths"),
+    ("fixed_mb", "weights, gradients and optimizer state, MiB (counted)"),
+    ("attempts", "JSON {L: peak MiB or 'oom'} of every real step"),
+    ("seconds", "wall time of this row's search"),
+    ("model", "backbone"),
+    ("attn_impl", "attention kernel"),
+    ("precision", "Lightning precision of the steps"),
+    ("device", "cpu | cuda"),
+    ("note", "why max_len stopped where it did, when not memory"),
+)

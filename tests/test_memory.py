@@ -14,18 +14,16 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, BertConfig
 
+from ssmlora.lab.frontier import budget_check, find_frontier, predict_max_len
 from ssmlora.lab.memory import (
     MiB,
     SavedActivationCounter,
     activation_scaling,
-    budget_check,
-    find_frontier,
     fit_exponent,
     fit_power_law,
     measure_activations,
     memory_decomposition,
     parse_size,
-    predict_max_len,
     synthetic_batch,
 )
 

@@ -23,7 +23,7 @@ import pytest  # noqa: E402
 from plots import make_report  # noqa: E402
 from plots.data import load_sweep, pareto_front, scaling_exponent, t_quantile_975  # noqa: E402
 from plots.figures import (accuracy_vs_cost, accuracy_vs_length, needle_depth_heatmap,  # noqa: E402
-                           peak_memory_vs_length, step_time_vs_length, tokens_per_s_vs_length,
+                           memory_vs_length, step_time_vs_length, tokens_per_s_vs_length,
                            trainable_parameters)
 from plots.stats import wilson_interval  # noqa: E402
 from plots.style import FIGURE_SIZE_PX, method_colour  # noqa: E402
@@ -97,7 +97,7 @@ def needle_report(tmp_path_factory):
 def test_report_writes_every_figure_as_png_of_fixed_size_and_parseable_svg(needle_report):
     sweep_dir, paths = needle_report
     pngs = sorted(p.stem for p in paths if p.suffix == ".png")
-    assert pngs == sorted(["accuracy_vs_length", "peak_memory_vs_length", "tokens_per_s_vs_length",
+    assert pngs == sorted(["accuracy_vs_length", "memory_vs_length", "tokens_per_s_vs_length",
                            "step_time_vs_length", "accuracy_vs_cost", "trainable_parameters",
                            "difference_vs_length", "needle_depth_heatmap"])
     width, height = FIGURE_SIZE_PX
@@ -189,7 +189,7 @@ def test_one_seed_draws_wilson_intervals_over_the_test_documents_and_says_n(one)
 
 
 def test_length_axis_is_log2_with_plain_tick_labels_and_title_names_task_model_seeds(three):
-    fig = peak_memory_vs_length(three)
+    fig = memory_vs_length(three)
     ax = fig.axes[0]
     fig.canvas.draw()
     assert ax.get_xscale() == "log" and ax.xaxis.get_transform().base == 2
@@ -201,10 +201,15 @@ def test_length_axis_is_log2_with_plain_tick_labels_and_title_names_task_model_s
 
 
 def test_memory_legend_gives_fitted_exponent(three):
-    fig = peak_memory_vs_length(three)
-    texts = legend_texts(fig)
-    assert any(t.startswith("lora") and "L^1.50" in t for t in texts)
+    fig = memory_vs_length(three)
+    texts = legend_texts(fig)  # fixture: activations_mb_per_seq = 50 (L/512) for lora, 52 (L/512)^1.25 for ssmlora
+    assert any(t.startswith("lora") and "L^1.00" in t for t in texts)
     assert any(t.startswith("ssmlora") and "L^1.25" in t for t in texts)
+    np.testing.assert_allclose(artist(fig, "mean:lora").get_ydata(), [50, 100, 200])  # lora OOMs at 4096
+    band = artist(fig, "fixed_band")  # a Rectangle in (axes x, data y)
+    fixed = [87 + 4 * t for t in (0.6, 0.7, 0.002)]  # weights + grads + two AdamW moments, per method
+    assert band.get_y() == pytest.approx(min(fixed) / 1.04)
+    assert band.get_y() + band.get_height() == pytest.approx(max(fixed) * 1.04)
     assert scaling_exponent([512, 1024, 2048], [10, 40, 160]) == pytest.approx(2.0)
     assert math.isnan(scaling_exponent([512], [10]))
 
@@ -224,7 +229,7 @@ def test_pareto_markers_are_cell_means_and_front_is_non_dominated(three):
     fig = accuracy_vs_cost(three)
     points = offsets(fig, "cells:ssmlora")
     lengths = (512, 1024, 2048, 4096)
-    mem = [statistics.mean(seed_values("sweep_three_seeds", "ssmlora", l, "peak_mem_mb")) for l in lengths]
+    mem = [statistics.mean(seed_values("sweep_three_seeds", "ssmlora", l, "train_peak_mb")) for l in lengths]
     acc = [statistics.mean(seed_values("sweep_three_seeds", "ssmlora", l, "accuracy")) for l in lengths]
     np.testing.assert_allclose(points[:, 0], mem)
     np.testing.assert_allclose(points[:, 1], acc)
@@ -237,6 +242,22 @@ def test_pareto_markers_are_cell_means_and_front_is_non_dominated(three):
         assert ((round(cost, 6), round(accuracy, 6)) in drawn) == (not dominated)
     assert "lora L=4096 OOM×3" in fig.get_supxlabel()
     assert pareto_front([1, 2, 3], [0.5, 0.4, 0.9]) == [0, 2]
+
+
+def test_memory_stack_holds_each_counted_part_at_each_length(three):
+    fig = memory_vs_length(three)
+    right = fig.axes[1]
+
+    def heights(part):
+        return [p.get_height() for p in right.patches if p.get_gid() == f"stack:lora:{part}"]
+
+    rows = [r for r in fixture_rows("sweep_three_seeds") if r["method"] == "lora" and r["status"] == "ok"]
+    by_length = sorted({int(r["max_len"]) for r in rows})
+    mean = lambda col, L: statistics.mean(float(r[col]) for r in rows if int(r["max_len"]) == L)  # noqa: E731
+    np.testing.assert_allclose(heights("activations (one micro-batch)"), [mean("activations_mb", L) for L in by_length])
+    np.testing.assert_allclose(heights("unexplained"), [mean("unexplained_mb", L) for L in by_length])
+    np.testing.assert_allclose(heights("weights"), [87.6] * len(by_length))
+    assert "cpu_rss_rise" in right.get_title()
 
 
 def test_parameter_bars_separate_adapter_and_head(three):
@@ -261,7 +282,7 @@ def test_needle_heatmap_holds_mean_depth_accuracy_and_marks_oom(needle):
 
 def test_one_colour_per_method_across_figures(three, needle):
     colours = {"lora": [], "ssmlora": []}
-    for draw in (accuracy_vs_length, peak_memory_vs_length, accuracy_vs_cost):
+    for draw in (accuracy_vs_length, memory_vs_length, accuracy_vs_cost):
         fig = draw(three)
         for method in colours:
             gid = f"cells:{method}" if draw is accuracy_vs_cost else f"mean:{method}"
@@ -290,10 +311,10 @@ def test_legend_sits_outside_the_axes(three):
 def test_summary_states_measured_ratios_with_seed_counts(three):
     from plots.report import summary_lines
     lines = summary_lines(three)
-    mem = statistics.mean(seed_values("sweep_three_seeds", "ssmlora", 2048, "peak_mem_mb")) / \
-        statistics.mean(seed_values("sweep_three_seeds", "lora", 2048, "peak_mem_mb"))
+    mem = statistics.mean(seed_values("sweep_three_seeds", "ssmlora", 2048, "train_peak_mb")) / \
+        statistics.mean(seed_values("sweep_three_seeds", "lora", 2048, "train_peak_mb"))
     ratio_line = next(l for l in lines if l.startswith("At L=2048"))
-    assert f"{mem:.2f}× lora's peak memory" in ratio_line and "n=2 vs 3 seeds" in ratio_line
+    assert f"{mem:.2f}× lora's training peak (train_peak_mb, cpu_rss_rise)" in ratio_line and "n=2 vs 3 seeds" in ratio_line
     assert ratio_line.endswith("Accuracy: see the paired differences below.")
     assert any("lora: longest successful L=2048; failed at L=4096 (oom ×3)" in l for l in lines)
     # the longest length with 3 seeds on both sides gets its own line, with the interval verdict
@@ -357,7 +378,7 @@ def test_cli_sweep_without_success_draws_failures_and_exits_nonzero(tmp_path, ca
     assert main([str(sweep)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no successful cell")
-    for name in ("accuracy_vs_length", "peak_memory_vs_length", "accuracy_vs_cost"):
+    for name in ("accuracy_vs_length", "memory_vs_length", "accuracy_vs_cost"):
         assert mpimg.imread(sweep / "plots" / f"{name}.png").shape[:2] == FIGURE_SIZE_PX[::-1]
     assert "No cell succeeded" in (sweep / "report.md").read_text()
     fig = accuracy_vs_length(load_sweep(sweep))

@@ -1,21 +1,17 @@
-"""Profilers: token counting, warm-up exclusion, FLOPs, peak-memory reset, GPU peak table."""
+"""Profilers: token counting, warm-up exclusion, FLOPs, GPU peak table."""
 
 from __future__ import annotations
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from ssmlora.lab.data import BucketBatchSampler, PadCollator
 from ssmlora.lab.profilers import (
-    PeakMemoryCallback,
     ThroughputCallback,
-    _vm_hwm_mb,
     count_tokens,
     peak_flops,
-    reset_cpu_peak,
 )
 
 
@@ -58,18 +54,6 @@ def test_throughput_counts_timed_steps_only_and_flops(tmp_path):
     summary = speed.summary()
     assert summary["padded_tokens_per_s"] >= summary["real_tokens_per_s"] > 0
     assert summary["flops_per_step"] > 0 and summary["mfu"] is None  # no GPU peak on a CPU
-
-
-def test_cpu_peak_is_reset_at_cell_start():
-    if _vm_hwm_mb() is None or not reset_cpu_peak():
-        pytest.skip("no /proc peak-RSS reset on this system")
-    big = np.ones(300 * 2**20 // 8)  # ~300 MiB, touched
-    high = _vm_hwm_mb()
-    del big
-    callback = PeakMemoryCallback()
-    callback.setup(None, _Linear(), "fit")
-    after = callback.snapshot()["peak_mem_mb"]
-    assert after < high - 200  # the earlier 300 MiB no longer counts
 
 
 def test_gpu_peak_table_has_hopper(monkeypatch):

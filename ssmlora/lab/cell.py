@@ -6,6 +6,7 @@ rate already resolved. `run_cell` returns the cell's fields of the results row (
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import os
@@ -26,9 +27,11 @@ from ssmlora.inject import count_parameters, enable_gradient_checkpointing, inje
 from ssmlora.lab.backbone import ModelConfig, load_backbone, resolve_model_path
 from ssmlora.lab.data import DataConfig, SealedSplit, TaskDataModule, build_splits
 from ssmlora.lab.extrapolate import longest_length, score_longer
+from ssmlora.lab.memory import (PhaseMeter, configure_allocator_for_measurement, measure_activations,
+                                memory_decomposition, process_peak, synthetic_batch)
 from ssmlora.lab.module import AdapterClassifier, OptimConfig
 from ssmlora.lab.probe import init_head_from_probe, probe_predictions
-from ssmlora.lab.profilers import PeakMemoryCallback, ThroughputCallback
+from ssmlora.lab.profilers import ThroughputCallback
 from ssmlora.lab.progress import StepProgressBar
 from ssmlora.lab.runtime import RuntimeConfig, batch_plan, is_rank_zero, quiet_libraries
 from ssmlora.serialization import load_adapters, save_adapters, ssm_state_snapshot
@@ -74,28 +77,34 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     torch.set_num_threads(cfg.runtime.torch_threads())
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     effective, micro, accumulate = cfg.batch_plan()
-    data, labels, pad_id, model, info = build_cell(cfg)
+    configure_allocator_for_measurement()  # freed tensors leave RSS at once: each phase is measured on its own
+    device = cell_device(cfg)
+    phases: dict = {}
+    with PhaseMeter("build", "cpu", phases):  # data and backbone are built on the host
+        data, labels, pad_id, model, info = build_cell(cfg)
     if cfg.tuning:  # selection reads validation only: a test read anywhere below raises SealedSplitError
         data["test"] = SealedSplit("learning-rate tuning")
     if cfg.runtime.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     counts = count_parameters(model)
     probe, probe_rows = {}, []
-    if cfg.optim.head_init == "probe":
-        probe_root = Path(probe_dir or cell_dir.parent)
-        probe = fit_head_by_probe(cfg, model, data["train"], pad_id,
-                                  probe_root / f"L{cfg.max_len}-s{cfg.seed}.safetensors")
-        if not cfg.tuning:  # the probe alone on the test documents: the reference fine-tuning must beat
-            probe_rows = probe_predictions(model, data["test"], 2 * cfg.batch_plan()[1], cfg.runtime.precision,
-                                           pad_id, cache=probe_root / f"L{cfg.max_len}-test.safetensors",
-                                           write_cache=is_rank_zero())
-            probe["probe_accuracy"] = sum(r["label"] == r["prediction"] for r in probe_rows) / len(probe_rows)
+    with PhaseMeter("probe", device, phases):
+        if cfg.optim.head_init == "probe":
+            probe_root = Path(probe_dir or cell_dir.parent)
+            probe = fit_head_by_probe(cfg, model, data["train"], pad_id,
+                                      probe_root / f"L{cfg.max_len}-s{cfg.seed}.safetensors")
+            if not cfg.tuning:  # the probe alone on the test documents: the reference fine-tuning must beat
+                probe_rows = probe_predictions(model, data["test"], 2 * cfg.batch_plan()[1], cfg.runtime.precision,
+                                               pad_id, cache=probe_root / f"L{cfg.max_len}-test.safetensors",
+                                               write_cache=is_rank_zero())
+                probe["probe_accuracy"] = sum(r["label"] == r["prediction"] for r in probe_rows) / len(probe_rows)
+    counted = count_memory(cfg, model, micro, device)
     steps = cfg.optim.max_steps
     if cfg.optim.epochs > 0:  # the schedule needs the step count up front
         steps = cfg.optim.epochs * max(1, len(data["train"]) // effective)
     module = AdapterClassifier(model, len(labels), cfg.optim, lr=cfg.lr, max_steps=steps)
-    peak, speed = PeakMemoryCallback(), ThroughputCallback(warmup_steps=1 if steps > 2 else 0)
-    callbacks = [peak, speed, StepProgressBar()]
+    speed = ThroughputCallback(warmup_steps=1 if steps > 2 else 0)
+    callbacks = [speed, StepProgressBar()]
     validate = cfg.optim.val_every > 0
     if validate:
         callbacks.append(ModelCheckpoint(dirpath=str(cell_dir / "checkpoints"), monitor="val_acc", mode="max",
@@ -112,7 +121,8 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     )
     dm = TaskDataModule(data, micro, cfg.seed, pad_id)
     module.train()  # from_pretrained returns eval mode; adapter and hidden dropout must be live in training
-    trainer.fit(module, datamodule=dm)
+    with PhaseMeter("train", device, phases):  # validation during fit included
+        trainer.fit(module, datamodule=dm)
     best = trainer.checkpoint_callback.best_model_path if validate and trainer.checkpoint_callback else ""
     if cfg.tuning:
         trainer.limit_val_batches = 1.0  # off during fit when val_every is 0; the trial is scored on all of it
@@ -124,10 +134,11 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     # The checkpoint holds weights only; a carried SSMLoRA state is whatever training left, and the test batches
     # move it on. Keep the state the test starts from, so the saved adapter re-scores to the reported numbers.
     state = ssm_state_snapshot(model)
-    scores = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)[0]
+    with PhaseMeter("eval", device, phases):
+        scores = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)[0]
     test_s = time.perf_counter() - test_start
     flops_dtype = torch.float32 if rt.precision == "32" else torch.bfloat16
-    mem, rates, ranks = reduce_cell_figures(trainer, model, peak, speed, flops_dtype)
+    mem, rates, ranks = reduce_cell_figures(trainer, model, process_memory(device), speed, flops_dtype)
     predictions = gather_predictions(trainer, module.predictions)
     if trainer.is_global_zero:
         save_adapters(model, cell_dir / "adapter", ssm_state=state)  # the tested weights: identical on every rank
@@ -144,6 +155,7 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
         "majority_rate": majority_rate(data["test"]),
         **{k: counts[k] for k in ("adapter_params", "head_params", "trainable_params")},
         **mem,
+        **phase_columns(phases, counted, device),
         **{k: v for k, v in rates.items() if k != "timed_steps"},
         "train_steps": trainer.global_step,
         "wall_s": time.perf_counter() - start,
@@ -157,6 +169,7 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
         "strategy": type(trainer.strategy).__name__,
         "ranks": ranks,  # per rank: peak memory, tokens/s, adapter hash (result.json only, not results.csv)
         "extrapolation": longer,  # rows of extrapolation.csv (less method, seed), result.json only
+        "phases": phases,  # every phase's raw figures (result.json only)
     }
 
 
@@ -188,6 +201,69 @@ def write_predictions(path: Path, rows: list[dict], doc_ids: list[str]) -> None:
         for r in rows:
             out.writerow([doc_ids[r["row"]], r["label"], r["prediction"], f"{r['p_pred']:.6g}", f"{r['p_true']:.6g}"])
     os.replace(tmp, path)
+
+
+def cell_device(cfg: CellConfig) -> torch.device:
+    """The device this process trains on (the rank's own GPU under DDP)."""
+    if cfg.runtime.uses_gpu():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0))
+    return torch.device("cpu")
+
+
+_AUTOCAST = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def count_memory(cfg: CellConfig, model, micro: int, device: torch.device) -> dict:
+    """The counted decomposition of this cell's training step (ssmlora.lab.memory), in MiB.
+
+    Weights, gradients and AdamW state from shapes; activations from one forward of a copy of the model at
+    micro-batch 1 and the cell's L (a full-length synthetic sequence, no padding) with the saved-tensor counter.
+    The copy and a forked RNG leave the model, its SSM state and the training's random stream untouched.
+    `activations_mb` = autocast weight copies + micro-batch x per-sequence bytes: one micro-batch's graph.
+    """
+    fixed = memory_decomposition(model, "adamw")
+    forked = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked):
+        twin = copy.deepcopy(model).to(device).train()
+        acts = measure_activations(twin, synthetic_batch(twin, cfg.max_len, 1, device), _AUTOCAST[cfg.runtime.precision])
+        del twin
+    return {"weights_frozen_mb": fixed["weights_frozen_mb"] + fixed["buffers_mb"],
+            "weights_trainable_mb": fixed["weights_trainable_mb"], "grads_mb": fixed["grads_mb"],
+            "optimizer_mb": fixed["optimizer_mb"],
+            "activations_mb": acts["weight_copies_mb"] + micro * acts["activations_mb_per_seq"],
+            "activations_mb_per_seq": acts["activations_mb_per_seq"]}
+
+
+def phase_columns(phases: dict, counted: dict, device: torch.device) -> dict:
+    """The results.csv memory columns of the phases and the counted decomposition (docs/sweep.md).
+
+    CUDA: a phase's figure is its max allocated (every live tensor, weights included); CPU: the rise of RSS
+    over the phase's start (weights were resident before training, so they are not part of it). The
+    unexplained remainder subtracts from the training figure what that figure contains of the count.
+    """
+    cuda = device.type == "cuda"
+    figure = (lambda p: phases.get(f"{p}_peak_mb")) if cuda else (lambda p: phases.get(f"{p}_rise_mb"))
+    train = figure("train")
+    dynamic = counted["grads_mb"] + counted["optimizer_mb"] + counted["activations_mb"]
+    weights = counted["weights_frozen_mb"] + counted["weights_trainable_mb"]
+    explained = dynamic + (weights if cuda else 0.0)
+    return {"train_peak_mb": train, "eval_peak_mb": figure("eval"), "probe_peak_mb": figure("probe"),
+            "build_peak_mb": phases.get("build_rise_mb"),
+            "train_reserved_mb": phases.get("train_reserved_peak_mb"),
+            "eval_reserved_mb": phases.get("eval_reserved_peak_mb"),
+            "mem_basis": "cuda_max_allocated" if cuda else "cpu_rss_rise",
+            **counted, "unexplained_mb": None if train is None else train - explained}
+
+
+def process_memory(device: torch.device) -> dict:
+    """Whole-process peak of the cell's process since it started, every phase included (ssmlora.lab.memory)."""
+    peak = process_peak(device)
+    if device.type == "cuda":
+        return {"peak_mem_mb": peak["process_peak_cuda_allocated_mb"],
+                "peak_reserved_mb": peak["process_peak_cuda_reserved_mb"],
+                "mem_includes": "whole process, CUDA max allocated: data build, probe, train, eval"}
+    return {"peak_mem_mb": peak["process_peak_rss_mb"], "peak_reserved_mb": None,
+            "mem_includes": "whole process, peak RSS: runtime, libraries, data build, probe, train, eval"}
 
 
 def fit_head_by_probe(cfg: CellConfig, model, train, pad_id: int, cache: Path) -> dict:
@@ -232,9 +308,9 @@ def adapter_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def reduce_cell_figures(trainer, model, peak, speed, flops_dtype) -> tuple[dict, dict, list[dict]]:
-    """Peak memory = max over ranks; rates = global sum of the per-rank rates; plus the per-rank figures."""
-    mem = peak.snapshot()
+def reduce_cell_figures(trainer, model, mem: dict, speed, flops_dtype) -> tuple[dict, dict, list[dict]]:
+    """Peak memory = max over ranks; rates = global sum of the per-rank rates; plus the per-rank figures.
+    `mem`: this rank's `process_memory`."""
     local = {"rank": trainer.global_rank, "peak_mem_mb": mem["peak_mem_mb"],
              "peak_reserved_mb": mem.get("peak_reserved_mb"), **speed.local_figures(),
              "adapter_sha256": adapter_digest(model)}

@@ -5,7 +5,7 @@ Four kinds of figure, kept apart because they answer different questions:
 - counted (`SavedActivationCounter`, `measure_activations`): bytes the autograd graph keeps for backward after
   one forward; tensor sizes, not allocator behaviour, so identical on any device running the same kernels;
 - measured (`PhaseMeter`, `process_peak`): what the device allocator (CUDA) or the OS (CPU RSS) saw;
-- predicted (`predict_max_len`, `find_frontier`): the max context length under a memory budget.
+- predicted: the max context length under a memory budget lives in `ssmlora.lab.frontier`.
 
 All MiB figures are 2**20 bytes. Depends on torch, psutil and ctypes only (no Lightning).
 """
@@ -395,68 +395,3 @@ class PhaseMeter:
                             f"{p}_start_mb": self._start / MiB, f"{p}_mem_basis": basis})
         if self.into is not None:
             self.into.update(self.result)
-
-
-# ------------------------------------------------------------------------------------- frontier
-
-def budget_check(budget_bytes: int, weights_bytes: int) -> int:
-    """Bytes left for everything but the weights; ValueError if the budget is not positive or below them."""
-    if budget_bytes <= 0:
-        raise ValueError(f"memory budget must be positive, got {budget_bytes} bytes")
-    if budget_bytes < weights_bytes:
-        raise ValueError(f"memory budget {budget_bytes / MiB:.1f} MiB is below the model's own weights "
-                         f"({weights_bytes / MiB:.1f} MiB): no context length can fit; raise the budget")
-    return budget_bytes - weights_bytes
-
-
-def find_frontier(step_fits: Callable[[int], bool], lo: int, hi: int, multiple: int = 256,
-                  guess: int | None = None) -> int:
-    """Largest multiple of `multiple` in [lo, hi] for which `step_fits(L)` is True; 0 if none does.
-
-    Bisection, assuming a step that fits at L fits at every shorter length. Each L is tried at most once.
-    `guess` (e.g. from `predict_max_len`) is tried first and then its neighbour, so a good prediction is
-    confirmed with two real steps.
-    """
-    if multiple <= 0:
-        raise ValueError(f"multiple must be positive, got {multiple}")
-    first = math.ceil(lo / multiple)
-    good, bad = first - 1, hi // multiple + 1  # in units of `multiple`: good fits (or is below lo), bad does not
-    probes: list[int] = []
-    if guess is not None and good + 1 < bad:
-        g = min(max(round(guess / multiple), good + 1), bad - 1)
-        if step_fits(g * multiple):
-            good, probes = g, [g + 1]
-        else:
-            bad, probes = g, [g - 1]
-    while bad - good > 1:
-        k = probes.pop() if probes and good < probes[-1] < bad else (good + bad) // 2
-        if step_fits(k * multiple):
-            good = k
-        else:
-            bad = k
-    return good * multiple if good >= first else 0
-
-
-def predict_max_len(fixed_bytes: float, per_seq_points: list[tuple[int, float]], budget_bytes: float,
-                    multiple: int = 256, micro_batch: int = 1) -> int:
-    """Largest multiple of `multiple` with fixed + micro_batch * c * L**b <= budget; 0 if none.
-
-    (c, b) are fitted (log-log least squares) to `per_seq_points` = [(L, activation bytes per sequence)],
-    e.g. from `activation_scaling` (in bytes). `fixed_bytes`: what does not grow with L: `fixed_mb` of
-    `memory_decomposition`, autocast `weight_copies_mb`, and whatever else the caller knows (CUDA context,
-    runtime, a margin for the backward's transients, which the count leaves out). Past the measured lengths
-    the exponent is assumed to hold; confirm with a real step (`find_frontier(..., guess=prediction)`).
-    """
-    c, b = fit_power_law([L for L, _ in per_seq_points], [v for _, v in per_seq_points])
-    if b <= 0:
-        raise ValueError(f"activations do not grow with the length (fitted exponent {b:.3f}): cannot predict")
-    fits = lambda L: fixed_bytes + micro_batch * c * L**b <= budget_bytes  # noqa: E731
-    room = budget_bytes - fixed_bytes
-    if room <= 0:
-        return 0
-    k = int((room / (micro_batch * c)) ** (1 / b) // multiple)
-    while fits((k + 1) * multiple):  # the closed form can be a step off through float rounding
-        k += 1
-    while k > 0 and not fits(k * multiple):
-        k -= 1
-    return k * multiple

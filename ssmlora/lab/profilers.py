@@ -1,11 +1,6 @@
-"""Cost measurements of a cell, as Lightning callbacks: peak memory, throughput, FLOPs and MFU.
+"""Cost measurements of a cell, as Lightning callbacks: throughput, FLOPs and MFU (memory: ssmlora.lab.memory).
 
 What the numbers include:
-- `PeakMemoryCallback` on CUDA: max allocated / reserved bytes since the cell's start (peak stats are reset
-  in `setup`), i.e. weights, optimizer state, activations and the allocator's cache (reserved). On the CPU:
-  the process's peak resident set (VmHWM), reset at the cell's start where Linux allows (`clear_refs` 5), so
-  it counts weights, optimizer, activations, the Python runtime and loaded libraries. The sweep also runs
-  every cell in a fresh process, so the figure never includes an earlier cell.
 - `ThroughputCallback`: wall time per optimizer step (CUDA synchronised before each timestamp), the first
   `warmup_steps` steps excluded; real (attention-mask) tokens, padded tokens and sequences per second.
 - FLOPs of one optimizer step come from `torch.utils.flop_counter.FlopCounterMode` over one micro-batch
@@ -14,13 +9,11 @@ What the numbers include:
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from pathlib import Path
 
 import lightning as L
-import psutil
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
@@ -77,45 +70,6 @@ def reset_cpu_peak() -> bool:
         return True
     except OSError:
         return False
-
-
-class PeakMemoryCallback(L.Callback):
-    """Peak memory of this cell, in MiB: `peak_mem_mb`, `peak_reserved_mb` (CUDA only), `mem_includes`."""
-
-    def __init__(self) -> None:
-        self.result: dict = {}
-        self._cuda = False
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        self._cuda = pl_module.device.type == "cuda"
-        if self._cuda:
-            torch.cuda.synchronize(pl_module.device)
-            torch.cuda.reset_peak_memory_stats(pl_module.device)
-        else:
-            reset_cpu_peak()
-        self.result = {}
-
-    def snapshot(self, device: torch.device | None = None) -> dict:
-        """Peak so far; call at the cell's end (after test) so evaluation is included."""
-        if self._cuda:
-            device = device or torch.device("cuda", torch.cuda.current_device())
-            self.result = {
-                "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20,
-                "peak_reserved_mb": torch.cuda.max_memory_reserved(device) / 2**20,
-                "mem_includes": "CUDA max allocated since cell start: weights, optimizer, activations (train+eval)",
-            }
-        else:
-            hwm = _vm_hwm_mb()
-            if hwm is None:  # no /proc: fall back to the current RSS, the best lower bound we have
-                hwm = psutil.Process(os.getpid()).memory_info().rss / 2**20
-            self.result = {
-                "peak_mem_mb": hwm,
-                "peak_reserved_mb": None,
-                "mem_includes": "CPU peak RSS of the cell's own process: runtime, weights, data, optimizer, activations",
-            }
-        return self.result
 
 
 def count_tokens(batch: dict) -> tuple[int, int, int]:

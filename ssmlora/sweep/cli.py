@@ -14,6 +14,7 @@ import typing
 
 from plots import make_report
 from ssmlora.config import ConfigValueError
+from ssmlora.lab.memory import parse_size
 from ssmlora.lab.runtime import is_rank_zero
 from ssmlora.sweep.config import GRID, SweepConfig, flat_fields, section_type
 from ssmlora.sweep.runner import any_failed, results_table, run_sweep
@@ -83,6 +84,13 @@ class _GridAction(argparse.Action):
         setattr(namespace, self.dest, dict(values))
 
 
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _targets(text: str):
     return text if text in ("all", "qv") else _csv(str)(text)
 
@@ -124,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "and rerun their cells, instead of refusing the folder")
     p.add_argument("--in-process", action="store_true",
                    help="run cells in this process (no memory isolation; for torchrun/srun and debugging)")
+    p.add_argument("--frontier", action="store_true",
+                   help="instead of the sweep: per method, with and without gradient checkpointing, the longest L "
+                        "(multiple of 256) whose training step at micro-batch 1 fits --mem-budget; writes "
+                        "frontier.csv into the sweep folder (docs/sweep.md)")
+    p.add_argument("--mem-budget", type=_size, default=None, metavar="SIZE",
+                   help="memory budget of --frontier, binary units: 8GiB, 8GB, 8 GiB, 8192MiB, 8g")
     p.add_argument("--dry-run", action="store_true", help="validate everything and list the cells, train nothing")
     top = typing.get_type_hints(SweepConfig)
     for name in GRID:
@@ -161,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)
+        if args.frontier or args.mem_budget is not None:
+            return frontier_main(cfg, args)
         if args.dry_run:
             folder = validate(cfg, args.out, args.name, args.in_process, repair=args.repair)
             print(f"{len(cfg.cells())} cells into {folder}: " + ", ".join(c.tag() for c in cfg.cells()))
@@ -183,3 +199,19 @@ def main(argv: list[str] | None = None) -> int:
     written = make_report(folder)
     print(f"plots: {len(written)} files in {folder / 'plots'}, report: {folder / 'report.md'}")
     return 1 if any_failed(rows) else 0
+
+
+def frontier_main(cfg: SweepConfig, args) -> int:
+    """--frontier: find, write frontier.csv, draw its figure and (re)write the report."""
+    from ssmlora.sweep.frontier import run_frontier
+
+    if not args.frontier:
+        raise SweepError("--mem-budget is the budget of --frontier: add --frontier, or drop --mem-budget")
+    if args.mem_budget is None:
+        raise SweepError("--frontier needs --mem-budget SIZE (e.g. 8GiB): the memory a training step may use")
+    folder, _ = run_frontier(cfg, args.mem_budget, out=args.out, name=args.name)
+    from plots.report import write_frontier_outputs
+
+    for path in write_frontier_outputs(folder):
+        print(f"wrote {path}")
+    return 0

@@ -226,7 +226,7 @@ def _interrupt(signum, frame) -> None:
 
 def results_table(rows: list[dict]) -> str:
     """A plain-text table of the main columns, for the terminal."""
-    cols = ["method", "max_len", "seed", "status", "accuracy", "majority_rate", "macro_f1", "peak_mem_mb",
+    cols = ["method", "max_len", "seed", "status", "accuracy", "majority_rate", "macro_f1", "train_peak_mb",
             "real_tokens_per_s", "step_time_s", "wall_s"]
 
     def fmt(v):
