@@ -102,15 +102,15 @@ def test_nul_byte_in_a_key_field_is_an_error(tmp_path):
 def test_other_schema_version_is_named(tmp_path):
     path = tmp_path / "results.csv"
     lines = good_file(path)
-    lines[2] = "3" + lines[2][1:]
+    lines[2] = "4" + lines[2][1:]
     path.write_text("".join(lines))
     err = format_error(path)
-    assert err.line == 3 and "schema_version 3" in err.reason and f"reads schema {SCHEMA_VERSION}" in err.reason
+    assert err.line == 3 and "schema_version 4" in err.reason and f"reads schema {SCHEMA_VERSION}" in err.reason
 
 
 @pytest.mark.parametrize("header, expected", [
     ("v1", "written by results schema 1"),
-    ("v3", "written by results schema 3"),
+    ("v4", "written by results schema 4"),
     ("other", "lacks columns"),
 ])
 def test_unknown_header_says_which_version_and_how_to_fix(tmp_path, header, expected):
@@ -119,8 +119,8 @@ def test_unknown_header_says_which_version_and_how_to_fix(tmp_path, header, expe
     rows = list(csv.reader(lines))
     if header == "v1":
         rows = [r[2:] for r in rows]
-    elif header == "v3":
-        rows = [r + ["new_metric"] if i == 0 else ["3"] + r[1:] + ["1"] for i, r in enumerate(rows)]
+    elif header == "v4":
+        rows = [r + ["new_metric"] if i == 0 else ["4"] + r[1:] + ["1"] for i, r in enumerate(rows)]
     else:
         rows = [["task", "acc"], ["x", "1"]]
     with path.open("w", newline="") as fh:

@@ -31,7 +31,7 @@ def _adapters(model):
 
 
 def naive_adapter(m, x, mask, direction):
-    """The layer's equations token by token: h_t = a h_{t-1} + u_t Wd over real tokens only; min-max norm."""
+    """The layer's equations token by token: h_t = a h_{t-1} + u_t Wd over real tokens only; the layer's norm."""
     x = x.double()
     seq = x if x.dim() == 3 else x[:, None]
     real = torch.ones(seq.shape[:2], dtype=torch.bool) if mask is None or x.dim() == 2 else mask.bool()
@@ -48,7 +48,7 @@ def naive_adapter(m, x, mask, direction):
                     state = a * state + v[b, t]
                     h[b, t] += state
     lo, hi = h.min(-1, keepdim=True).values, h.max(-1, keepdim=True).values
-    h_norm = (h - lo) / (hi - lo + EPS)
+    h_norm = (h - lo) / (hi - lo + EPS) if m.norm == "minmax" else (h - lo) / torch.sqrt((hi - lo) ** 2 + 1)
     delta = m.scaling * (u + h_norm) @ m.Wb.double()  # the adapter's term; W0 x is the frozen layer's
     return delta if x.dim() == 3 else delta[:, 0]
 
@@ -67,8 +67,9 @@ def _padded_batch(lengths, total, side):
 @pytest.mark.parametrize("family, direction", [("llama", "causal"), ("bert", "bidirectional"),
                                                ("llama", "bidirectional"), ("bert", "causal")])
 @pytest.mark.parametrize("side", ["right", "left", "mixed"])
-def test_every_adapter_equals_a_per_token_loop(family, direction, side):
-    model = _scan_model(family, scan_direction=direction)
+@pytest.mark.parametrize("norm", ["smooth", "minmax"])
+def test_every_adapter_equals_a_per_token_loop(family, direction, side, norm):
+    model = _scan_model(family, scan_direction=direction, norm=norm)
     ids, mask = _padded_batch([13, 5, 9, 1], 13, side)
     records = {}
     for name, m in _adapters(model).items():

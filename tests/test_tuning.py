@@ -144,13 +144,20 @@ def test_seeds_vary_adapter_init_and_data_order_and_one_seed_repeats_exactly(env
 # ---------------------------------------------------------------- the paired test on tiny sweeps
 
 class BlindHead(AdapterLinear):
-    """The planted defect: the head's output is a constant (its input ignored), so it always predicts class 0."""
+    """The planted defect: the head's output is a constant (its input ignored), so it always predicts class 0.
+    Its one parameter only gives the step something to train (the adapted head projection itself is frozen)."""
+
+    adapter_param_names = ("offset",)
+
+    def __init__(self, base, r, scaling, dropout):
+        super().__init__(base, r, scaling, dropout)
+        self.offset = torch.nn.Parameter(torch.zeros(1, **self._param_kw))
 
     def delta(self, x):
         out = self.base(x)
         constant = torch.zeros_like(out)
         constant[..., 0] = 10.0
-        return constant - out
+        return constant - out + 0.0 * self.offset
 
 
 class Twin(LoRALinear):
