@@ -82,14 +82,14 @@ def render_comparison(sweeps: tuple[Sweep, Sweep], labels: tuple[str, str], figu
     lines = [f"# Comparison: {labels[0]} vs {labels[1]}", "",
              f"- A = `{a.path}`: {a.describe()}", f"- B = `{b.path}`: {b.describe()}", "",
              "Ratios are B / A of means over successful seeds, at lengths where both sweeps succeeded.", "",
-             "| method | L | seeds A/B | accuracy A | accuracy B | peak mem B/A | step time B/A | real tokens/s B/A |",
+             "| method | L | seeds A/B | accuracy A | accuracy B | train_peak_mb B/A | step time B/A | real tokens/s B/A |",
              "|---|---|---|---|---|---|---|---|"]
     for series in sort_series(set(a.series) & set(b.series)):
         cells_a, cells_b = (_means_by_length(s, series) for s in sweeps)
         for length in sorted(set(cells_a) & set(cells_b)):
             ma, mb = cells_a[length], cells_b[length]
             lines.append(f"| {series} | {length} | {ma['n']}/{mb['n']} | {_fmt(ma['accuracy'])} | "
-                         f"{_fmt(mb['accuracy'])} | {_ratio(mb, ma, 'peak_mem_mb')} | "
+                         f"{_fmt(mb['accuracy'])} | {_ratio(mb, ma, 'train_peak_mb') if ma['mem_basis'] == mb['mem_basis'] else 'n/a (mem_basis differs)'} | "
                          f"{_ratio(mb, ma, 'step_time_s')} | {_ratio(mb, ma, 'real_tokens_per_s')} |")
     lines += ["", "## Figures", ""]
     lines += [f"![{name.replace('_', ' ')}](plots/{name}.png)\n" for name in figure_names]
@@ -98,8 +98,9 @@ def render_comparison(sweeps: tuple[Sweep, Sweep], labels: tuple[str, str], figu
 
 def _means_by_length(sweep: Sweep, series: str) -> dict[int, dict]:
     rows = sweep.ok[sweep.ok["series"] == series]
-    columns = ("accuracy", "peak_mem_mb", "step_time_s", "real_tokens_per_s")
-    return {int(length): {"n": len(g), **{c: g[c].mean() for c in columns}} for length, g in rows.groupby("max_len")}
+    columns = ("accuracy", "train_peak_mb", "step_time_s", "real_tokens_per_s")
+    return {int(length): {"n": len(g), "mem_basis": ",".join(sorted(set(g["mem_basis"].dropna().astype(str)))),
+                          **{c: g[c].mean() for c in columns}} for length, g in rows.groupby("max_len")}
 
 
 def _ratio(b: dict, a: dict, column: str) -> str:
