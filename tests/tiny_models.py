@@ -59,3 +59,22 @@ def tiny_sweep_env(base, lengths, **sizes) -> dict:
     for length in lengths:
         build_task("topic-mix", max_len=length, tokenizer=str(bert), cache_dir=str(cache), seed=0, **sizes)
     return {"base": base, "bert": bert, "cache": cache}
+
+
+def assert_bf16_steps_finite(model, batches) -> None:
+    """AdamW steps under CPU bf16 autocast, one per (input_ids, attention_mask or None) batch: the loss and every
+    trainable gradient must stay finite (clipped at 1.0 as the sweep does)."""
+    import torch
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for step, (ids, mask) in enumerate(batches):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, attention_mask=mask, labels=ids[:, 0] % 3).loss
+        assert torch.isfinite(loss), step
+        loss.backward()
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                assert torch.isfinite(p.grad).all(), (step, name)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
