@@ -266,35 +266,55 @@ def n_test_by_length(sweep: Sweep) -> dict[int, int]:
     return {int(length): int(n) for length, n in ok.groupby("max_len")["n_test"].min().items()}
 
 
+def cell_folder(sweep: Sweep, method: str, ssm_mode: str, length: int, seed: int) -> Path:
+    """The folder of one cell: `cells/<entry>-L<len>-s<seed>`, where the entry is the --methods spelling with ':'
+    as '-' (`ssmlora-scan-...` for ssmlora:scan); a plain `ssmlora` entry run in --ssm-mode X has no mode in its
+    folder name, so that folder is the fallback."""
+    suffix = f"L{int(length)}-s{int(seed)}"
+    cells = sweep.path / "cells"
+    if ssm_mode:
+        variant = cells / f"{method}-{ssm_mode}-{suffix}"
+        if variant.exists():
+            return variant
+    return cells / f"{method}-{suffix}"
+
+
+def read_outcomes(path: Path) -> pd.DataFrame:
+    """A predictions file as doc_id (str) and correct (0/1) per document."""
+    table = pd.read_csv(path, dtype={"doc_id": str})
+    return pd.DataFrame({"doc_id": table["doc_id"], "correct": (table["label"] == table["prediction"]).astype(int)})
+
+
 def load_predictions(sweep: Sweep) -> pd.DataFrame:
     """Per-document test results of every ok cell: series, max_len, seed, doc_id, correct (0/1); the probe's
     as series PROBE_SERIES (once per length and seed). Cells without predictions.csv are left out."""
     frames, probes_seen = [], set()
     for row in sweep.ok.itertuples():
-        cell = sweep.path / "cells" / f"{row.method}-L{int(row.max_len)}-s{int(row.seed)}"
+        cell = cell_folder(sweep, row.method, row.ssm_mode, row.max_len, row.seed)
         for name, series in (("predictions.csv", row.series), ("probe_predictions.csv", PROBE_SERIES)):
             key = (int(row.max_len), int(row.seed))
             if series == PROBE_SERIES and key in probes_seen:
                 continue
             if not (cell / name).exists():
                 continue
-            table = pd.read_csv(cell / name, dtype={"doc_id": str})
             probes_seen |= {key} if series == PROBE_SERIES else set()
-            frames.append(pd.DataFrame({"series": series, "max_len": key[0], "seed": key[1],
-                                        "doc_id": table["doc_id"],
-                                        "correct": (table["label"] == table["prediction"]).astype(int)}))
+            frames.append(read_outcomes(cell / name).assign(series=series, max_len=key[0], seed=key[1]))
     if not frames:
         return pd.DataFrame(columns=["series", "max_len", "seed", "doc_id", "correct"])
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True)[["series", "max_len", "seed", "doc_id", "correct"]]
 
 
 def paired_at(predictions: pd.DataFrame, a: str, b: str, length: int) -> PairedDifference | None:
     """Paired difference a - b at one length, over the seeds and documents both have; None when none."""
     at = predictions[predictions["max_len"] == length]
-    grids = []
-    for series in (a, b):
-        rows = at[at["series"] == series]
-        grids.append(rows.pivot_table(index="seed", columns="doc_id", values="correct", aggfunc="first"))
+    return paired_outcomes(at[at["series"] == a], at[at["series"] == b])
+
+
+def paired_outcomes(rows_a: pd.DataFrame, rows_b: pd.DataFrame) -> PairedDifference | None:
+    """Paired difference of two sets of outcomes (seed, doc_id, correct), over the seeds and documents both
+    have; None when they share none."""
+    grids = [rows.pivot_table(index="seed", columns="doc_id", values="correct", aggfunc="first")
+             for rows in (rows_a, rows_b)]
     seeds = grids[0].index.intersection(grids[1].index)
     docs = grids[0].columns.intersection(grids[1].columns)
     if not len(seeds) or not len(docs):

@@ -1,21 +1,33 @@
 """Length extrapolation (``extrapolation.csv``, written by ``--eval-lengths``): accuracy against the length the
-test documents are read to, one line per (method, train length), each starting at its own train length.
+test documents are read to, one line per (method, train length), each starting at its own train length; and the
+paired differences at every (train length, eval length), from the cells' per-document predictions.
 
 With one seed a point's bar is its Wilson 95 % interval (from the file); with 3+ seeds, the 95 % t-interval of
 the seed means, as in the other figures. Gids: ``extrapolation:<series>@<train_len>`` (line),
 ``majority`` (majority-class rate of the same documents).
+
+Paired differences (``extrapolation_differences.csv``, long format, one row per comparison): at each (train_len,
+eval_len), every pair of methods on the same documents and seeds (A later than B in the figures' method order,
+e.g. ssmlora:scan - lora), and, at an eval length beyond the train length, each method read to eval_len against
+itself at its train length (same cells, same documents: what reading further changed). plots.stats gives the
+difference, its 95 % bootstrap interval over documents (and seeds) and McNemar's exact p.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from plots.data import Sweep, cell_stats, series_label, sort_series
+from plots.data import Sweep, cell_folder, cell_stats, paired_outcomes, read_outcomes, series_label, sort_series
 from plots.style import (MAJORITY_STYLE, figure_title, method_colour, new_figure, outside_legend, series_offset,
                          style_axes)
 from ssmlora.results import EXTRAPOLATION_COLUMNS, EXTRAPOLATION_FILE
 
 LINESTYLES = ("-", "--", ":", "-.")
+DIFFERENCES_FILE = "extrapolation_differences.csv"
+# b_eval_len: the length B's documents were read to (eval_len for a pair of methods, train_len for a method
+# against itself); detected: the 95 % interval excludes 0, the only case in which the report states a difference
+DIFFERENCE_COLUMNS = ("train_len", "eval_len", "a", "b", "b_eval_len", "diff", "ci_low", "ci_high", "p_mcnemar",
+                      "n_docs", "n_seeds", "detected")
 CAPTION = ("Length extrapolation: each cell trained at L is scored on its own test documents read further (x "
            "axis); one line per (method, train length), starting at L. Bars: Wilson 95% interval (one seed) or "
            "95% t-interval (3+ seeds); majority-class rate dashed.")
@@ -80,8 +92,69 @@ def accuracy_vs_eval_length(sweep: Sweep):
     return fig
 
 
+def load_outcomes(sweep: Sweep, table: pd.DataFrame) -> pd.DataFrame:
+    """Per-document outcomes behind every extrapolation row: series, train_len, eval_len, seed, doc_id, correct
+    (predictions.csv at the train length, predictions-L<eval>.csv beyond it; rows without a file left out)."""
+    frames = []
+    for r in table.itertuples():
+        train, length = int(r.train_len), int(r.eval_len)
+        name = "predictions.csv" if length == train else f"predictions-L{length}.csv"
+        path = cell_folder(sweep, r.method, r.ssm_mode, train, r.seed) / name
+        if path.exists():
+            frames.append(read_outcomes(path).assign(series=r.series, train_len=train, eval_len=length,
+                                                     seed=int(r.seed)))
+    columns = ["series", "train_len", "eval_len", "seed", "doc_id", "correct"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def differences(sweep: Sweep) -> list[tuple[dict, object]]:
+    """[(row of extrapolation_differences.csv less the statistics, PairedDifference)], by train_len, eval_len."""
+    table = load_extrapolation(sweep)
+    if table is None:
+        return []
+    outcomes = load_outcomes(sweep, table)
+    out = []
+    for (train, length), at in outcomes.groupby(["train_len", "eval_len"]):
+        present = sort_series(at["series"].unique())
+        of = {s: at[at["series"] == s] for s in present}
+        pairs = [(a, b, length, of[b]) for i, a in enumerate(present) for b in present[:i]]
+        if length > train:
+            own = outcomes[(outcomes["train_len"] == train) & (outcomes["eval_len"] == train)]
+            pairs += [(a, a, train, own[own["series"] == a]) for a in present]
+        for a, b, b_len, rows_b in pairs:
+            found = paired_outcomes(of[a], rows_b)
+            if found is not None:
+                out.append(({"train_len": int(train), "eval_len": int(length), "a": a, "b": b,
+                             "b_eval_len": int(b_len)}, found))
+    return out
+
+
+def write_differences(sweep: Sweep) -> list:
+    """Write ``<sweep>/extrapolation_differences.csv`` (nothing without extrapolation.csv); return its path."""
+    if load_extrapolation(sweep) is None:
+        return []
+    found = differences(sweep)
+    rows = [{**key, "diff": d.diff, "ci_low": d.low, "ci_high": d.high, "p_mcnemar": d.p_mcnemar,
+             "n_docs": d.n_docs, "n_seeds": d.n_seeds, "detected": d.detected} for key, d in found]
+    path = sweep.path / DIFFERENCES_FILE
+    pd.DataFrame(rows, columns=list(DIFFERENCE_COLUMNS)).to_csv(path, index=False, float_format="%.6g")
+    return [path]
+
+
+def difference_lines(sweep: Sweep) -> list[str]:
+    """One sentence per comparison, worded by PairedDifference.describe as the train-length differences are."""
+    lines = []
+    for key, d in differences(sweep):
+        a, b = key["a"], key["b"]
+        if a == b:  # a method read further against itself at its train length
+            a, b = f"{a} read to {key['eval_len']}", f"{b} at its train length {key['b_eval_len']}"
+        lines.append(f"trained at {key['train_len']}, read to {key['eval_len']}: {d.describe(a, b)}")
+    return lines
+
+
 def report_lines(sweep: Sweep) -> list[str]:
-    """A markdown table of the extrapolation points (empty without extrapolation.csv)."""
+    """A markdown table of the extrapolation points and the paired differences (empty without
+    extrapolation.csv)."""
     table = load_extrapolation(sweep)
     if table is None:
         return []
@@ -92,4 +165,12 @@ def report_lines(sweep: Sweep) -> list[str]:
     for r in points(table).sort_values(["series", "train_len", "eval_len"]).itertuples():
         lines.append(f"| {r.series} | {r.train_len} | {r.eval_len} | {r.accuracy:.3f} | [{r.low:.3f}, {r.high:.3f}] "
                      f"| {r.seeds} | {r.n} | {r.majority_rate:.3f} |")
+    found = difference_lines(sweep)
+    lines += ["", "### Paired differences at each eval length", "",
+              f"Same documents and seeds (`{DIFFERENCES_FILE}`): every pair of methods, and each method read "
+              "further against itself at its train length. Difference of accuracies, 95 % bootstrap interval over "
+              "documents (and seeds), McNemar's exact p-value; a difference is stated only when its interval "
+              "excludes 0.", ""]
+    lines += [f"- {line}" for line in found] or ["- No per-document predictions (predictions-L<eval>.csv) to "
+                                                 "pair: no difference is stated."]
     return lines + [""]

@@ -54,6 +54,7 @@ def write_report(sweep: Sweep) -> list[Path]:
     for name, draw in figures_for(sweep).items():
         written += save_figure(draw(sweep), plot_dir, name)
         figure_names.append(name)
+    written += extrapolation.write_differences(sweep)
     frontier = read_frontier(sweep.path)
     if frontier:
         written += save_figure(frontier_figure(frontier), plot_dir, "frontier")

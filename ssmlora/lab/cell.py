@@ -7,7 +7,6 @@ rate already resolved. `run_cell` returns the cell's fields of the results row (
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
 import os
 import time
@@ -30,6 +29,7 @@ from ssmlora.lab.extrapolate import longest_length, score_longer
 from ssmlora.lab.memory import (PhaseMeter, configure_allocator_for_measurement, measure_activations,
                                 memory_decomposition, process_peak, synthetic_batch)
 from ssmlora.lab.module import AdapterClassifier, OptimConfig
+from ssmlora.lab.predictions import doc_ids, gather_predictions, predictions_file, write_predictions
 from ssmlora.lab.probe import init_head_from_probe, probe_predictions
 from ssmlora.lab.profilers import ThroughputCallback
 from ssmlora.lab.progress import StepProgressBar
@@ -142,11 +142,11 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     predictions = gather_predictions(trainer, module.predictions)
     if trainer.is_global_zero:
         save_adapters(model, cell_dir / "adapter", ssm_state=state)  # the tested weights: identical on every rank
-        write_predictions(cell_dir / "predictions.csv", predictions, doc_ids(data["test"]))
+        write_predictions(cell_dir / predictions_file(), predictions, doc_ids(data["test"]))
         if probe_rows:
             write_predictions(cell_dir / "probe_predictions.csv", probe_rows, doc_ids(data["test"]))
     longer = score_longer(cfg, trainer, module, data["test"], scores, resolve_model_path(cfg.model.model), pad_id,
-                          micro) if cfg.data.eval_lengths else []
+                          micro, cell_dir) if cfg.data.eval_lengths else []
     return {
         "status": "ok",
         "accuracy": scores.get("test_acc"),
@@ -171,36 +171,6 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
         "extrapolation": longer,  # rows of extrapolation.csv (less method, seed), result.json only
         "phases": phases,  # every phase's raw figures (result.json only)
     }
-
-
-PREDICTION_COLUMNS = ("doc_id", "label", "prediction", "p_pred", "p_true")
-
-
-def gather_predictions(trainer, local: list[dict]) -> list[dict]:
-    """Every rank's test predictions (each document is scored on exactly one rank), sorted by row."""
-    everyone = [local]
-    if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        everyone = [None] * trainer.world_size
-        torch.distributed.all_gather_object(everyone, local)
-    return sorted((r for part in everyone for r in part), key=lambda r: r["row"])
-
-
-def doc_ids(split) -> list[str]:
-    """The split's document ids (data_prep's `doc_id`), or the row numbers for a dataset without them."""
-    return split["doc_id"] if "doc_id" in split.column_names else [str(i) for i in range(len(split))]
-
-
-def write_predictions(path: Path, rows: list[dict], doc_ids: list[str]) -> None:
-    """predictions.csv: one line per test document, in the test split's order (the same for every cell at one
-    length, so two cells' files pair line by line and by doc_id)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        out = csv.writer(fh)
-        out.writerow(PREDICTION_COLUMNS)
-        for r in rows:
-            out.writerow([doc_ids[r["row"]], r["label"], r["prediction"], f"{r['p_pred']:.6g}", f"{r['p_true']:.6g}"])
-    os.replace(tmp, path)
 
 
 def cell_device(cfg: CellConfig) -> torch.device:

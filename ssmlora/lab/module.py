@@ -26,7 +26,8 @@ class OptimConfig:
 
     lr: dict[str, float] = field(default_factory=dict, metadata={
         "help": "AdamW peak learning rate of the adapter matrices per method: METHOD=VALUE,... or one value for "
-                "every method; a method not named uses its registry default (lora 5e-4, ssmlora 5e-5)", "gt": 0})
+                "every method; METHOD:VARIANT=VALUE (ssmlora:scan=1e-4) overrides METHOD's value for that "
+                "variant; a method not named uses its registry default (lora 5e-4, ssmlora 5e-5)", "gt": 0})
     head_lr: float = field(default=5e-4, metadata={"help": "peak learning rate of the classifier head", "gt": 0})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay", "ge": 0})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient clipping by global norm", "gt": 0})
@@ -54,14 +55,28 @@ class OptimConfig:
                 "rate over --tune-grid, at --tune-len, first seed); empty: no tuning", "choices": TUNE_KNOBS})
     tune_grid: dict[str, list[float]] = field(default_factory=lambda: dict(DEFAULT_TUNE_GRID), metadata={
         "help": "values tried per method, increasing: METHOD=V1,V2,... (one argument per method) or V1,V2,... "
-                "for every method", "gt": 0})
+                "for every method; METHOD:VARIANT=... overrides METHOD's list for that variant", "gt": 0})
     tune_len: int = field(default=0, metadata={"help": "context length of the tuning cells (0: the sweep's "
                                                        "shortest)", "ge": 0, "integer": True})
 
     def lr_for(self, method: str) -> float | None:
-        """This method's adapter learning rate: its own entry, else the entry "*" (every method), else the
-        registry default."""
-        return self.lr.get(method, self.lr.get("*", get_method(method).defaults.get("lr")))
+        """The adapter learning rate of a --methods entry (`lora`, `ssmlora:scan`): `for_method` in --lr, else
+        the method's registry default."""
+        return for_method(self.lr, method, get_method(method.partition(":")[0]).defaults.get("lr"))
+
+    def grid_for(self, method: str) -> list[float] | None:
+        """The --tune-grid values of a --methods entry (`for_method`); None when none applies."""
+        return for_method(self.tune_grid, method)
+
+
+def for_method(values: dict, method: str, default=None):
+    """The value a per-method option (--lr, --tune-grid) gives a --methods entry: the entry's own key
+    (`ssmlora:scan`), else its method's (`ssmlora`, which serves every variant), else "*" (every method), else
+    `default`."""
+    for key in (method, method.partition(":")[0], "*"):
+        if key in values:
+            return values[key]
+    return default
 
 
 def warmup_decay(step: int, warmup: int, total: int, schedule: str) -> float:

@@ -87,7 +87,7 @@ class SweepConfig:
         """The configuration of one cell of the grid (`method` as in --methods, e.g. ssmlora:scan)."""
         base, variant = split_method(method)
         return CellConfig(adapter=replace(self.adapter, method=base, **variant), max_len=length, seed=seed,
-                          lr=self.optim.lr_for(base), model=self.model, optim=self.optim, data=self.data,
+                          lr=self.optim.lr_for(method), model=self.model, optim=self.optim, data=self.data,
                           runtime=self.runtime, label=method)
 
     def cells(self) -> list[CellConfig]:

@@ -29,7 +29,7 @@ from ssmlora.lab.runtime import batch_plan, environment, is_rank_zero
 from ssmlora.claims import claim_cell, describe_holder
 from ssmlora.results import (CELL_KEY, EXTRAPOLATION_FILE, SCHEMA_VERSION, cell_key, read_results, update_results,
                              write_extrapolation)
-from ssmlora.sweep.config import GRID, SweepConfig, split_method
+from ssmlora.sweep.config import GRID, SweepConfig
 from ssmlora.sweep.launch import run_cell_in_process
 from ssmlora.sweep.tune import apply_choice, run_tuning
 from ssmlora.sweep.validate import validate
@@ -53,7 +53,7 @@ def config_json(cfg: SweepConfig, name: str, old: dict | None = None, tuning: di
         "config": tree,
         "resolved": {
             "device": cfg.runtime.device_type(),
-            "lr": {m: cfg.optim.lr_for(split_method(m)[0]) for m in grid["methods"]} | (tuning or {}).get("chosen", {}),
+            "lr": {m: cfg.optim.lr_for(m) for m in grid["methods"]} | (tuning or {}).get("chosen", {}),
             "batch_plan": {str(L): dict(zip(("effective_batch", "micro_batch", "accumulate"),
                                             batch_plan(cfg.optim.tokens_per_step, cfg.runtime, L)))
                            for L in grid["lengths"]},

@@ -20,7 +20,7 @@ from pathlib import Path
 from ssmlora.lab.cell import CellConfig, run_cell_safely
 from ssmlora.lab.runtime import is_rank_zero
 from ssmlora.methods import get_method
-from ssmlora.sweep.config import SweepConfig
+from ssmlora.sweep.config import SweepConfig, split_method
 from ssmlora.sweep.launch import run_cell_in_process
 
 
@@ -29,13 +29,15 @@ class TuningError(RuntimeError):
 
 
 def tuned_methods(cfg: SweepConfig) -> list[str]:
-    """The sweep's methods whose learning rate `--tune lr` selects: those with adapter matrices."""
-    return [m for m in cfg.methods if get_method(m).layer is not None] if cfg.optim.tune == "lr" else []
+    """The --methods entries whose learning rate `--tune lr` selects: those with adapter matrices. Each entry
+    (`ssmlora:scan`, `ssmlora:depth`) is selected on its own."""
+    if cfg.optim.tune != "lr":
+        return []
+    return [m for m in cfg.methods if get_method(split_method(m)[0]).layer is not None]
 
 
 def grid_for(cfg: SweepConfig, method: str) -> list[float] | None:
-    grid = cfg.optim.tune_grid
-    return grid.get(method, grid.get("*"))
+    return cfg.optim.grid_for(method)
 
 
 def tune_length(cfg: SweepConfig) -> int:
@@ -77,7 +79,7 @@ def run_tuning(cfg: SweepConfig, folder: Path, in_process: bool = False, log=pri
                 result = run_cell_in_process(cell, cell_dir, folder / "probe", port_offset=i)
             score = f"val_acc {result['val_acc']:.3f}" if result.get("status") == "ok" else result.get("status")
             log(f"[tune {i}/{len(cells)}] {cell.method} lr={cell.lr:g}: {score}", flush=True)
-        trials[cell.method].append({"lr": cell.lr, **{k: result.get(k) for k in (
+        trials[cell.label].append({"lr": cell.lr, **{k: result.get(k) for k in (
             "status", "val_acc", "val_loss", "n_validation", "train_steps", "wall_s")}})
     record = {"knob": "lr", "length": tune_length(cfg), "seed": cfg.seeds[0],
               "selected_on": f"val@L{tune_length(cfg)}",
@@ -99,11 +101,11 @@ def select(method: str, trials: list[dict]) -> float:
 
 
 def apply_choice(cells: list[CellConfig], record: dict | None) -> list[CellConfig]:
-    """The sweep's cells with the selected rates and where they were selected."""
+    """The sweep's cells with the selected rates (keyed by --methods entry) and where they were selected."""
     if not record:
         return cells
-    return [replace(c, lr=record["chosen"][c.method], selected_on=record["selected_on"])
-            if c.method in record["chosen"] else c for c in cells]
+    return [replace(c, lr=record["chosen"][c.label], selected_on=record["selected_on"])
+            if c.label in record["chosen"] else c for c in cells]
 
 
 def _read(path: Path) -> dict | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -43,26 +43,39 @@ def _show(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
+def check_method_key(option: str, key: str, cfg: SweepConfig) -> None:
+    """A key of a per-method option (--lr, --tune-grid): "*", a registered method, or METHOD:VARIANT with a
+    variant the method allows (the same rule as --methods)."""
+    if key == "*":
+        return
+    try:
+        base, variant = split_method(key)
+        replace(cfg.adapter, method=base, **variant)  # AdapterConfig checks the variant's value
+    except ConfigValueError as err:
+        raise SweepError(f"{option} {key}=...: {err.name} {err.value!r} is not allowed: {err.allowed}") from None
+    except ValueError as err:
+        raise SweepError(f"{option} {key}=...: {err}") from None
+
+
 def check_tuning(cfg: SweepConfig) -> None:
     """--tune, --tune-grid and --tune-len: a known knob, an increasing grid per tuned method, a validation split."""
     optim = cfg.optim
     if optim.tune not in TUNE_KNOBS:
         raise SweepError(f"--tune {optim.tune}: unknown knob; the tunable knob is lr")
     for method in optim.tune_grid:
-        if method != "*":
-            try:
-                get_method(method)
-            except ValueError as err:
-                raise SweepError(f"--tune-grid {method}=...: {err}") from None
+        check_method_key("--tune-grid", method, cfg)
     if not optim.tune:
         return
     if optim.lr:
         raise SweepError(f"--lr {_show([f'{k}={v:g}' for k, v in optim.lr.items()])} with --tune lr: a tuned rate is "
                          f"selected on validation, not given; drop one of the two")
     for method in cfg.methods:
-        if get_method(method).layer is None:
-            continue  # no adapter matrices: nothing to tune
-        grid = optim.tune_grid.get(method, optim.tune_grid.get("*"))
+        try:
+            if get_method(split_method(method)[0]).layer is None:
+                continue  # no adapter matrices: nothing to tune
+        except ValueError:
+            continue  # a bad --methods entry: check_settings names it
+        grid = optim.grid_for(method)
         if grid is None:
             raise SweepError(f"--tune-grid has no values for method {method}: add {method}=V1,V2,...")
         if not grid:
@@ -110,13 +123,9 @@ def check_settings(cfg: SweepConfig) -> None:
             raise SweepError(f"--methods {same} and {method} are the same cells (ssm_mode "
                              f"{adapter.ssm_mode}); keep one of them")
     for method in cfg.optim.lr:
-        if method != "*":
-            try:
-                get_method(method)
-            except ValueError as err:
-                raise SweepError(f"--lr {method}=...: {err}") from None
-    for method in dict.fromkeys(split_method(m)[0] for m in cfg.methods):
-        if get_method(method).layer is not None and cfg.optim.lr_for(method) is None:
+        check_method_key("--lr", method, cfg)
+    for method in cfg.methods:
+        if get_method(split_method(method)[0]).layer is not None and cfg.optim.lr_for(method) is None:
             raise SweepError(f"--lr: method {method!r} has no default learning rate: give --lr {method}=VALUE")
     if cfg.optim.max_steps <= 0 and cfg.optim.epochs <= 0:
         raise SweepError("--max-steps 0 and --epochs 0: give a positive number of steps or epochs")
