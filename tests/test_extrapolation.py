@@ -7,6 +7,7 @@ import csv
 
 import pytest
 
+from plots.extrapolation import DIFFERENCE_COLUMNS
 from ssmlora.arch import FAMILIES, Family
 from ssmlora.lab.backbone import save_tiny_backbone
 from ssmlora.lab.data import DataConfig
@@ -36,23 +37,28 @@ def test_variants_and_extrapolation_end_to_end(env, tmp_path, capsys):
     from ssmlora.sweep.cli import main
 
     code = main(tiny_args(env, tmp_path, "--methods", "lora,ssmlora:depth,ssmlora:scan", "--lengths", "64",
-                          "--eval-lengths", "2x,4x", "--in-process"))
+                          "--eval-lengths", "2x,4x", "--in-process", "--seeds", "0,1",
+                          "--lr", "lora=5e-3,ssmlora=4e-3,ssmlora:scan=3e-3"))
     assert code == 0, capsys.readouterr().err
     folder = tmp_path / "s"
     results = rows_of(folder / "results.csv")
-    assert sorted((r["method"], r["ssm_mode"]) for r in results) == [("lora", ""), ("ssmlora", "depth"),
-                                                                      ("ssmlora", "scan")]
+    assert sorted((r["method"], r["ssm_mode"], r["seed"]) for r in results) == [
+        ("lora", "", "0"), ("lora", "", "1"), ("ssmlora", "depth", "0"), ("ssmlora", "depth", "1"),
+        ("ssmlora", "scan", "0"), ("ssmlora", "scan", "1")]
+    # --lr: the variant's key overrides its method's, which serves the other variant
+    assert {r["ssm_mode"] or r["method"]: float(r["lr"]) for r in results} == {"lora": 5e-3, "depth": 4e-3,
+                                                                              "scan": 3e-3}
     params = {r["ssm_mode"]: int(r["adapter_params"]) for r in results}
     assert params["scan"] != params["depth"]  # each cell built its own variant (scan: r^2 + r, depth: 2 r^2)
-    assert {p.name for p in (folder / "cells").iterdir()} == {"lora-L64-s0", "ssmlora-depth-L64-s0",
-                                                              "ssmlora-scan-L64-s0"}
+    assert {p.name for p in (folder / "cells").iterdir()} == {f"{m}-L64-s{s}" for m in (
+        "lora", "ssmlora-depth", "ssmlora-scan") for s in (0, 1)}
     rows = rows_of(folder / "extrapolation.csv")
     assert list(rows[0]) == list(EXTRAPOLATION_COLUMNS)
-    by_method = {}
+    by_cell = {}
     for r in rows:
-        by_method.setdefault((r["method"], r["ssm_mode"]), []).append(r)
-    assert set(by_method) == {("lora", ""), ("ssmlora", "depth"), ("ssmlora", "scan")}
-    for key, group in by_method.items():
+        by_cell.setdefault((r["method"], r["ssm_mode"], r["seed"]), []).append(r)
+    assert len(by_cell) == 6
+    for key, group in by_cell.items():
         assert [int(r["eval_len"]) for r in group] == [64, 128, 256], key
         assert {int(r["train_len"]) for r in group} == {64}
         assert len({r["n"] for r in group}) == 1  # the same documents at every eval length
@@ -61,13 +67,41 @@ def test_variants_and_extrapolation_end_to_end(env, tmp_path, capsys):
             assert 0 <= low <= acc <= high <= 1
             assert (low, high) == pytest.approx(wilson_interval(round(acc * int(r["n"])), int(r["n"])), abs=1e-6)
         # eval_len == L is the cell's own test score
-        own = next(x for x in results if (x["method"], x["ssm_mode"]) == key)
+        own = next(x for x in results if (x["method"], x["ssm_mode"], x["seed"]) == key)
         assert float(group[0]["accuracy"]) == pytest.approx(float(own["accuracy"]), abs=1e-6)
+
+    # per-document predictions at every eval length: the same documents, in the same order, for every method and
+    # seed, and each file's accuracy is its extrapolation.csv row's
+    docs = {}
+    for (method, mode, seed), group in by_cell.items():
+        cell = folder / "cells" / f"{method}{'-' + mode if mode else ''}-L64-s{seed}"
+        for r in group:
+            length = int(r["eval_len"])
+            lines = rows_of(cell / ("predictions.csv" if length == 64 else f"predictions-L{length}.csv"))
+            assert list(lines[0]) == ["doc_id", "label", "prediction", "p_pred", "p_true"]
+            docs.setdefault(length, set()).add(tuple(x["doc_id"] for x in lines))
+            right = sum(x["label"] == x["prediction"] for x in lines)
+            assert (len(lines), right) == (int(r["n"]), round(float(r["accuracy"]) * int(r["n"])))
+    assert sorted(docs) == [64, 128, 256] and all(len(v) == 1 for v in docs.values())
+    assert len(docs[64] | docs[128] | docs[256]) == 1 and len(next(iter(docs[256]))) == 8
+
     assert (folder / "plots" / "accuracy_vs_eval_length.png").exists()
     report = (folder / "report.md").read_text()
     assert "## Length extrapolation" in report and "| ssmlora:scan | 64 | 256 |" in report
-
-
+    # the paired differences: every pair of methods at every (train, eval) length, and each method read further
+    # against itself at its train length, over both seeds
+    differences = rows_of(folder / "extrapolation_differences.csv")
+    assert list(differences[0]) == list(DIFFERENCE_COLUMNS)
+    compared = {(int(d["eval_len"]), d["a"], d["b"], int(d["b_eval_len"])) for d in differences}
+    pairs = {("ssmlora:depth", "lora"), ("ssmlora:scan", "lora"), ("ssmlora:scan", "ssmlora:depth")}
+    assert compared == {(e, a, b, e) for e in (64, 128, 256) for a, b in pairs} | {
+        (e, s, s, 64) for e in (128, 256) for s in ("lora", "ssmlora:depth", "ssmlora:scan")}
+    assert all(int(d["n_seeds"]) == 2 and int(d["n_docs"]) == 8 for d in differences)
+    for d in differences:
+        assert float(d["ci_low"]) <= float(d["diff"]) <= float(d["ci_high"])
+        said = "no detectable difference" if d["detected"] == "False" else "in accuracy than"
+        a = d["a"] if d["a"] != d["b"] else f"{d['a']} read to {d['eval_len']}"
+        assert f"- trained at 64, read to {d['eval_len']}: {a}" in report and said in report
 def test_wilson_interval_matches_scipy():
     stats = pytest.importorskip("scipy.stats")
     for k, n in [(0, 5), (3, 8), (8, 10), (50, 50), (412, 1000)]:
@@ -129,3 +163,51 @@ def test_bad_input_is_one_line_and_exit_2(env, tmp_path, capsys, monkeypatch, ex
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err, err
     assert not (tmp_path / "s" / "cells").exists()  # nothing was trained
+
+
+def test_extrapolation_differences_find_a_planted_difference_and_none_between_twins(env, tmp_path, monkeypatch):
+    """tests/test_tuning.py's planted pair, read to 2x: `blind` (always class 0) is found below lora at the longer
+    length too; `twin` (LoRA under another name) equals lora there, and every method equals itself read further
+    (the planted documents are shorter than either length, so reading further changes nothing)."""
+    from data_prep import registry
+    from plots.data import load_sweep
+    from plots.extrapolation import differences
+    from ssmlora import Method, register_method
+    from ssmlora.methods import get_method, unregister_method
+    from ssmlora.sweep.cli import main
+    from test_tuning import BlindHead, Twin, _planted_words
+
+    spec = registry.get_task("topic-mix")
+    monkeypatch.setitem(registry._REGISTRY, "planted", type(spec)(**{
+        **spec.__dict__, "name": "planted", "labels": ("apple", "house"), "builder": _planted_words,
+        "default_sizes": (40, 20, 40), "version": "planted-1"}))
+    register_method(Method("blind", "head output fixed: always class 0", layer=BlindHead,
+                           in_scheme=lambda role, layer, targets: role == "head", defaults={"lr": 1e-3}))
+    register_method(Method("twin", "LoRA under another name", layer=Twin, in_scheme=get_method("lora").in_scheme,
+                           defaults={"lr": 5e-4}))
+    try:
+        code = main(["--model", str(env["bert"]), "--cache-dir", str(tmp_path / "data"), "--task", "planted",
+                     "--max-steps", "1", "--tokens-per-step", "256", "--lengths", "64", "--eval-lengths", "2x",
+                     "--in-process", "--out", str(tmp_path), "--name", "p", "--probe-examples", "40",
+                     "--min-eval", "100", "--methods", "lora,twin,blind"])
+        assert code == 0
+        found = {(k["eval_len"], k["a"], k["b"], k["b_eval_len"]): d for k, d in differences(load_sweep(tmp_path / "p"))}
+        twins = found[(128, "twin", "lora", 128)]
+        assert (twins.diff, twins.low, twins.high, twins.p_mcnemar) == (0.0, 0.0, 0.0, 1.0) and twins.n_docs == 40
+        planted = found[(128, "blind", "lora", 128)]
+        assert planted.detected and planted.high < 0 and planted.p_mcnemar < 0.01, planted
+        for method in ("lora", "twin", "blind"):
+            itself = found[(128, method, method, 64)]
+            assert (itself.diff, itself.low, itself.high, itself.detected) == (0.0, 0.0, 0.0, False)
+        report = (tmp_path / "p" / "report.md").read_text()
+        assert "- trained at 64, read to 128: blind is " in report and " lower in accuracy than lora (95 % CI [" in report
+        assert "- trained at 64, read to 128: twin vs lora: no detectable difference at this budget (95 % CI " \
+               "[+0.000, +0.000]" in report
+        assert "- trained at 64, read to 128: blind read to 128 vs blind at its train length 64: no detectable " \
+               "difference" in report
+        written = rows_of(tmp_path / "p" / "extrapolation_differences.csv")
+        row = next(r for r in written if (r["eval_len"], r["a"], r["b"]) == ("128", "blind", "lora"))
+        assert row["detected"] == "True" and float(row["ci_high"]) == pytest.approx(planted.high, abs=1e-5)
+    finally:
+        unregister_method("blind")
+        unregister_method("twin")
