@@ -144,6 +144,13 @@ def _undecided_bert(monkeypatch):
     ("fixed", "error: --eval-lengths 2x: 128 tokens is beyond what"),
     # --ssm-mode scan for plain ssmlora: lora has no direction to decide, so the error names ssmlora
     ("undecided-global", "error: --methods ssmlora: scan_direction auto cannot tell whether 'bert'"),
+    # per-method options keyed by a variant follow the rule of --methods
+    (("--lr", "lora=5e-4,ssmlora:foo=1e-4"),
+     "error: --lr ssmlora:foo=...: ssm_mode 'foo' is not allowed: choose one of depth, carry, scan"),
+    (("--lr", "bogus=1e-4"), "error: --lr bogus=...: unknown method 'bogus': choose one of lora, ssmlora, frozen"),
+    (("--lr", "lora:scan=1e-4"), "error: --lr lora:scan=...: method 'lora' has no variants: write it as 'lora'"),
+    (("--tune-grid", "ssmlora:foo=1e-5,1e-4"),
+     "error: --tune-grid ssmlora:foo=...: ssm_mode 'foo' is not allowed: choose one of depth, carry, scan"),
 ])
 def test_bad_input_is_one_line_and_exit_2(env, tmp_path, capsys, monkeypatch, extra, message):
     from ssmlora.sweep.cli import main
@@ -211,3 +218,42 @@ def test_extrapolation_differences_find_a_planted_difference_and_none_between_tw
     finally:
         unregister_method("blind")
         unregister_method("twin")
+
+
+def test_lr_and_tune_grid_keyed_by_a_variant():
+    """A variant's key overrides its method's value; the method's key serves every variant; "*" every method."""
+    from ssmlora.sweep.config import SweepConfig
+
+    cfg = SweepConfig.from_flat(methods=["lora", "ssmlora:depth", "ssmlora:scan"], lengths=[512],
+                                lr={"lora": 5e-4, "ssmlora:scan": 1e-4})
+    assert [cfg.cell(m, 512, 0).lr for m in cfg.methods] == [5e-4, 5e-5, 1e-4]  # depth: ssmlora's registry default
+    cfg = SweepConfig.from_flat(methods=cfg.methods, lengths=[512], lr={"*": 3e-4, "ssmlora": 2e-5})
+    assert [cfg.cell(m, 512, 0).lr for m in cfg.methods] == [3e-4, 2e-5, 2e-5]
+    grid = {"lora": [1e-4], "ssmlora": [1e-5, 3e-5], "ssmlora:scan": [3e-4, 1e-3]}
+    cfg = SweepConfig.from_flat(methods=cfg.methods, lengths=[512], tune="lr", tune_grid=grid)
+    assert [cfg.optim.grid_for(m) for m in cfg.methods] == [[1e-4], [1e-5, 3e-5], [3e-4, 1e-3]]
+
+
+def test_tuning_selects_each_variant_on_its_own(tmp_path, monkeypatch):
+    """--tune lr with ssmlora:depth and ssmlora:scan: each entry gets its own trials (its own grid) and its own
+    choice, applied to its own cells (trials stubbed: their validation accuracy peaks at a known rate)."""
+    from ssmlora.sweep import tune
+    from ssmlora.sweep.config import SweepConfig
+
+    best = {"lora": 1e-4, "ssmlora:depth": 3e-5, "ssmlora:scan": 1e-3}
+
+    def trial(cell, cell_dir, probe_dir):
+        return {"status": "ok", "val_acc": 1.0 if cell.lr == best[cell.label] else 0.5, "val_loss": 1.0,
+                "n_validation": 4, "train_steps": 1, "wall_s": 0.0}
+
+    monkeypatch.setattr(tune, "run_cell_safely", trial)
+    methods = ["lora", "ssmlora:depth", "ssmlora:scan"]
+    cfg = SweepConfig.from_flat(methods=methods, lengths=[512], tune="lr", tune_grid={
+        "lora": [1e-4, 1e-3], "ssmlora": [1e-5, 3e-5], "ssmlora:scan": [1e-4, 1e-3]})
+    record = tune.run_tuning(cfg, tmp_path, in_process=True, log=lambda *a, **k: None)
+    assert {m: [t["lr"] for t in trials] for m, trials in record["trials"].items()} == {
+        "lora": [1e-4, 1e-3], "ssmlora:depth": [1e-5, 3e-5], "ssmlora:scan": [1e-4, 1e-3]}
+    assert record["chosen"] == best
+    cells = tune.apply_choice(cfg.cells(), record)
+    assert {c.label: c.lr for c in cells} == best and {c.selected_on for c in cells} == {"val@L512"}
+    assert len({p.name for p in (tmp_path / "tune").iterdir()}) == 7  # six trial folders and tuning.json
