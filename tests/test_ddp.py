@@ -2,7 +2,8 @@
 
 The DDP cell is launched by the sweep itself (one spawned process per rank with the torchrun environment);
 its accuracy must equal a one-process evaluation of the adapters it saved, both ranks must end with the same
-adapter weights, and rank 0 alone writes exactly one results.csv row.
+adapter weights, and rank 0 alone writes exactly one results.csv row. It runs for SSMLoRA's depth reading and
+for its scan over positions, each also read to 2x (the per-document predictions gathered over both ranks).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ SIZES = {"n_train": 16, "n_validation": 4, "n_test": 12}
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    return tiny_sweep_env(tmp_path_factory.mktemp("ddp"), [64], **SIZES)
+    return tiny_sweep_env(tmp_path_factory.mktemp("ddp"), [64, 128], **SIZES)
 
 
 def args(env, out, *extra) -> list[str]:
@@ -34,13 +35,17 @@ def args(env, out, *extra) -> list[str]:
             "--out", str(out), "--name", "s", "--lengths", "64", *extra]
 
 
-def test_two_process_ddp_cell_matches_one_process_evaluation(env, tmp_path, capsys):
+@pytest.mark.parametrize("method", ["ssmlora", "ssmlora:scan"])
+def test_two_process_ddp_cell_matches_one_process_evaluation(env, tmp_path, capsys, method):
+    """DDP here runs without find_unused_parameters, so a trainable parameter left without a gradient in one
+    step fails the next forward on every rank: 3 steps that finish ok mean every parameter had its gradient in
+    the steps before the last (the adapters' graph is the same at every step)."""
     from ssmlora.sweep.cli import main
 
     from ssmlora.lab.cell import evaluate_adapters
 
-    argv = args(env, tmp_path, "--methods", "ssmlora", "--devices", "2", "--strategy", "ddp",
-                "--accelerator", "cpu")
+    argv = args(env, tmp_path, "--methods", method, "--devices", "2", "--strategy", "ddp",
+                "--accelerator", "cpu", "--eval-lengths", "2x")
     assert main(argv) == 0, capsys.readouterr().err[-2000:]
     with (tmp_path / "s" / "results.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -52,7 +57,8 @@ def test_two_process_ddp_cell_matches_one_process_evaluation(env, tmp_path, caps
     plan = config["resolved"]["batch_plan"]["64"]
     assert plan["effective_batch"] == int(row["effective_batch"]) == 4  # 256 tokens // 64, any world size
 
-    cell_dir = tmp_path / "s" / "cells" / "ssmlora-L64-s0"
+    assert row["ssm_mode"] == ("scan" if method == "ssmlora:scan" else "depth")
+    cell_dir = tmp_path / "s" / "cells" / f"{method.replace(':', '-')}-L64-s0"
     result = json.loads((cell_dir / "result.json").read_text())
     assert result["world_size"] == 2 and result["strategy"] == "DDPStrategy"
     assert result["accumulate"] * result["micro_batch"] * 2 == 4  # accumulation fills the fixed effective batch
@@ -63,11 +69,21 @@ def test_two_process_ddp_cell_matches_one_process_evaluation(env, tmp_path, caps
     assert result["real_tokens_per_s"] == pytest.approx(sum(r["real_tokens"] / r["timed_s"] for r in ranks))
 
     cfg = SweepConfig.from_flat(model=str(env["bert"]), task="topic-mix", cache_dir=str(env["cache"]), max_steps=3,
-                                tokens_per_step=256, lr={"*": 5e-3}, precision="32", threads=1, **SIZES)
-    alone = evaluate_adapters(cfg.cell("ssmlora", 64, 0), cell_dir / "adapter")
+                                tokens_per_step=256, lr={"*": 5e-3}, precision="32", threads=1,
+                                eval_lengths=["2x"], **SIZES)
+    alone = evaluate_adapters(cfg.cell(method, 64, 0), cell_dir / "adapter")
     assert alone["n_test"] == 12  # every test example scored exactly once, in one process and over 2 ranks
     assert alone["accuracy"] == pytest.approx(float(row["accuracy"]), abs=1e-6)
     assert alone["macro_f1"] == pytest.approx(float(row["macro_f1"]), abs=1e-6)
+    # read to 2x: both ranks' predictions gathered into one file, each document once, in the order at L
+    with (tmp_path / "s" / "extrapolation.csv").open(newline="") as fh:
+        longer = next(r for r in csv.DictReader(fh) if r["eval_len"] == "128")
+    with (cell_dir / "predictions.csv").open(newline="") as fh:
+        at_l = [r["doc_id"] for r in csv.DictReader(fh)]
+    with (cell_dir / "predictions-L128.csv").open(newline="") as fh:
+        read = list(csv.DictReader(fh))
+    assert [r["doc_id"] for r in read] == at_l and len(at_l) == 12 == int(longer["n"])
+    assert sum(r["label"] == r["prediction"] for r in read) / 12 == pytest.approx(float(longer["accuracy"]), abs=1e-6)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -126,6 +142,8 @@ def test_ddp_keeps_carry_state_per_rank():
 
     strategy = make_strategy(SweepConfig.from_flat(devices=2, strategy="ddp").runtime)
     assert isinstance(strategy, DDPStrategy) and strategy._ddp_kwargs["broadcast_buffers"] is False
+    # unused parameters are an error, not searched for each step: the DDP test's cells rely on it
+    assert strategy._ddp_kwargs.get("find_unused_parameters", False) is False
     assert make_strategy(SweepConfig.from_flat(devices=2, strategy="auto").runtime).__class__ is DDPStrategy
     assert make_strategy(SweepConfig.from_flat(devices=1).runtime) == "auto"
 
