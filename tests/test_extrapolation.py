@@ -88,6 +88,8 @@ def test_variants_and_extrapolation_end_to_end(env, tmp_path, capsys):
     assert (folder / "plots" / "accuracy_vs_eval_length.png").exists()
     report = (folder / "report.md").read_text()
     assert "## Length extrapolation" in report and "| ssmlora:scan | 64 | 256 |" in report
+    # the train-length differences find the variants' cells too (cells/ssmlora-scan-..., not cells/ssmlora-...)
+    assert "- L=64: ssmlora:scan vs lora: " in report or "- L=64: ssmlora:scan is " in report
     # the paired differences: every pair of methods at every (train, eval) length, and each method read further
     # against itself at its train length, over both seeds
     differences = rows_of(folder / "extrapolation_differences.csv")
