@@ -184,12 +184,15 @@ def tuning_lines(config: dict) -> list[str]:
         lr = (config.get("resolved") or {}).get("lr") or {}
         return [f"Learning rates: {', '.join(f'{m} {v:g}' for m, v in lr.items() if v is not None)} as given "
                 f"(registry defaults or --lr), not selected by this sweep."] if lr else []
-    lines = [f"Learning rates selected on the validation split only ({tuning['selected_on']}, seed "
-             f"{tuning['seed']}; the test split was sealed): "
-             + ", ".join(f"{m} {v:g}" for m, v in tuning["chosen"].items()) + ".", "",
-             "| method | lr | val accuracy | val loss | status |", "|---|---|---|---|---|"]
+    chosen = "; ".join(f"{m} " + ", ".join(f"{v:g} at L={n}" for n, v in by_len.items())
+                       for m, by_len in tuning["chosen"].items())
+    lines = [f"Learning rates selected on the validation split only (seed {tuning['seed']}; the test split was "
+             f"sealed): {chosen}. A cell uses the choice of the tuned length nearest its own.",
+             "One rate per method over the tuned lengths (best mean validation accuracy): "
+             + ", ".join(f"{m} {v:g}" for m, v in tuning["overall"].items()) + ".", "",
+             "| method | L | lr | val accuracy | val loss | status |", "|---|---|---|---|---|---|"]
     for method, trials in tuning["trials"].items():
-        lines += [f"| {method} | {t['lr']:g} | {_number(t.get('val_acc'), '.3f')} | "
+        lines += [f"| {method} | {t['length']} | {t['lr']:g} | {_number(t.get('val_acc'), '.3f')} | "
                   f"{_number(t.get('val_loss'), '.3f')} | {t['status']} |" for t in trials]
     return lines
 
