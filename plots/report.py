@@ -164,7 +164,23 @@ def ratio_line(sweep: Sweep, series: str, reference: str, a, b, length: int) -> 
         " and ".join(used) if used else "no comparable cost measurement")
     throughput = ratio("real_tokens_per_s")
     line += f", at {throughput:.2f}\u00d7 its real tokens/s." if not math.isnan(throughput) else "."
+    if not math.isnan(memory):
+        line += " " + peak_gap(a, b)
     return line + " Accuracy: see the paired differences below."
+
+
+ADAPTER_PARTS = ("weights_trainable_mb", "grads_mb", "optimizer_mb", "activations_mb")
+
+
+def peak_gap(a, b) -> str:
+    """How much of the gap between two training peaks the counted, method-dependent parts explain: if the
+    methods differ only by what their adapters hold, the two gaps agree up to the unexplained remainder."""
+    gap = a["train_peak_mb"].mean() - b["train_peak_mb"].mean()
+    counted = sum(a[c].mean() - b[c].mean() for c in ADAPTER_PARTS)
+    if math.isnan(counted):
+        return f"Training peaks differ by {gap:+.0f} MiB."
+    return (f"Training peaks differ by {gap:+.0f} MiB; the counted parts that depend on the method (trainable "
+            f"weights, gradients, optimizer state, saved activations) differ by {counted:+.0f} MiB.")
 
 
 def difference_lines(sweep: Sweep) -> list[str]:
