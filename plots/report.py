@@ -165,7 +165,23 @@ def ratio_line(sweep: Sweep, series: str, reference: str, a, b, length: int) -> 
         " and ".join(used) if used else "no comparable cost measurement")
     throughput = ratio("real_tokens_per_s")
     line += f", at {throughput:.2f}\u00d7 its real tokens/s." if not math.isnan(throughput) else "."
+    if not math.isnan(memory):
+        line += " " + peak_gap(a, b)
     return line + " Accuracy: see the paired differences below."
+
+
+ADAPTER_PARTS = ("weights_trainable_mb", "grads_mb", "optimizer_mb", "activations_mb")
+
+
+def peak_gap(a, b) -> str:
+    """How much of the gap between two training peaks the counted, method-dependent parts explain: if the
+    methods differ only by what their adapters hold, the two gaps agree up to the unexplained remainder."""
+    gap = a["train_peak_mb"].mean() - b["train_peak_mb"].mean()
+    counted = sum(a[c].mean() - b[c].mean() for c in ADAPTER_PARTS)
+    if math.isnan(counted):
+        return f"Training peaks differ by {gap:+.0f} MiB."
+    return (f"Training peaks differ by {gap:+.0f} MiB; the counted parts that depend on the method (trainable "
+            f"weights, gradients, optimizer state, saved activations) differ by {counted:+.0f} MiB.")
 
 
 def difference_lines(sweep: Sweep) -> list[str]:
@@ -185,12 +201,15 @@ def tuning_lines(config: dict) -> list[str]:
         lr = (config.get("resolved") or {}).get("lr") or {}
         return [f"Learning rates: {', '.join(f'{m} {v:g}' for m, v in lr.items() if v is not None)} as given "
                 f"(registry defaults or --lr), not selected by this sweep."] if lr else []
-    lines = [f"Learning rates selected on the validation split only ({tuning['selected_on']}, seed "
-             f"{tuning['seed']}; the test split was sealed): "
-             + ", ".join(f"{m} {v:g}" for m, v in tuning["chosen"].items()) + ".", "",
-             "| method | lr | val accuracy | val loss | status |", "|---|---|---|---|---|"]
+    chosen = "; ".join(f"{m} " + ", ".join(f"{v:g} at L={n}" for n, v in by_len.items())
+                       for m, by_len in tuning["chosen"].items())
+    lines = [f"Learning rates selected on the validation split only (seed {tuning['seed']}; the test split was "
+             f"sealed): {chosen}. A cell uses the choice of the tuned length nearest its own.",
+             "One rate per method over the tuned lengths (best mean validation accuracy): "
+             + ", ".join(f"{m} {v:g}" for m, v in tuning["overall"].items()) + ".", "",
+             "| method | L | lr | val accuracy | val loss | status |", "|---|---|---|---|---|---|"]
     for method, trials in tuning["trials"].items():
-        lines += [f"| {method} | {t['lr']:g} | {_number(t.get('val_acc'), '.3f')} | "
+        lines += [f"| {method} | {t['length']} | {t['lr']:g} | {_number(t.get('val_acc'), '.3f')} | "
                   f"{_number(t.get('val_loss'), '.3f')} | {t['status']} |" for t in trials]
     return lines
 

@@ -316,6 +316,11 @@ def test_summary_states_measured_ratios_with_seed_counts(three):
     ratio_line = next(l for l in lines if l.startswith("At L=2048"))
     assert f"{mem:.2f}× lora's training peak (train_peak_mb, cpu_rss_rise)" in ratio_line and "n=2 vs 3 seeds" in ratio_line
     assert ratio_line.endswith("Accuracy: see the paired differences below.")
+    gap = lambda col: statistics.mean(seed_values("sweep_three_seeds", "ssmlora", 2048, col)) - \
+        statistics.mean(seed_values("sweep_three_seeds", "lora", 2048, col))  # noqa: E731
+    counted = sum(gap(c) for c in ("weights_trainable_mb", "grads_mb", "optimizer_mb", "activations_mb"))
+    assert f"Training peaks differ by {gap('train_peak_mb'):+.0f} MiB; the counted parts that depend on the method " \
+           f"(trainable weights, gradients, optimizer state, saved activations) differ by {counted:+.0f} MiB." in ratio_line
     assert any("lora: longest successful L=2048; failed at L=4096 (oom ×3)" in l for l in lines)
     # the longest length with 3 seeds on both sides gets its own line, with the interval verdict
     interval_line = next(l for l in lines if l.startswith("At L=1024"))

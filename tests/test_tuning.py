@@ -3,6 +3,7 @@ seeds, the probe as a reference, and paired tests that find a planted difference
 
 import csv
 import json
+from dataclasses import replace
 
 import lightning as L
 import pytest
@@ -20,6 +21,7 @@ from ssmlora.lab.module import OptimConfig
 from ssmlora.lora import AdapterLinear, LoRALinear
 from ssmlora.methods import get_method, unregister_method
 from ssmlora.sweep.cli import main
+from ssmlora.sweep.tune import TuningError, apply_choice, nearest_tuned, select, select_overall
 from tiny_models import tiny_sweep_env
 
 SIZES = {"n_train": 32, "n_validation": 16, "n_test": 16}
@@ -28,6 +30,11 @@ SIZES = {"n_train": 32, "n_validation": 16, "n_test": 16}
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     return tiny_sweep_env(tmp_path_factory.mktemp("tiny"), [64], **SIZES)
+
+
+@pytest.fixture(scope="module")
+def env2(tmp_path_factory):
+    return tiny_sweep_env(tmp_path_factory.mktemp("tiny2"), [64, 128], **SIZES)
 
 
 def _args(env, out, name, *extra):
@@ -71,19 +78,21 @@ def test_tune_lr_selects_on_validation_records_the_choice_and_resumes(env, tmp_p
     assert main(args) == 0  # a trial that read the test split would have failed on the seal, and so the sweep
     folder = tmp_path / "t"
     tuning = json.loads((folder / "tune" / "tuning.json").read_text())
-    assert tuning["selected_on"] == "val@L64" and tuning["seed"] == 0
+    assert tuning["lengths"] == [64] and tuning["seed"] == 0
     for method, trials in tuning["trials"].items():
-        assert [t["lr"] for t in trials] == ([1e-4, 1e-2] if method == "lora" else [1e-5, 1e-3])
+        assert [(t["length"], t["lr"]) for t in trials] == [(64, v) for v in (
+            [1e-4, 1e-2] if method == "lora" else [1e-5, 1e-3])]
         assert all(t["status"] == "ok" and t["n_validation"] == 16 for t in trials)
         best = max(trials, key=lambda t: (t["val_acc"], -t["val_loss"], -t["lr"]))
-        assert tuning["chosen"][method] == best["lr"]
+        assert tuning["chosen"][method] == {"64": best["lr"]} and tuning["overall"][method] == best["lr"]
     config = json.loads((folder / "config.json").read_text())
     assert config["tuning"]["chosen"] == tuning["chosen"] and config["resolved"]["lr"] == tuning["chosen"]
     rows = list(csv.DictReader(open(folder / "results.csv")))
     assert {(r["method"], float(r["lr"]), r["selected_on"]) for r in rows} == {
-        (m, v, "val@L64") for m, v in tuning["chosen"].items()}
+        (m, v["64"], "val@L64") for m, v in tuning["chosen"].items()}
     report = (folder / "report.md").read_text()
-    assert "selected on the validation split only (val@L64" in report
+    assert "selected on the validation split only (seed 0; the test split was sealed)" in report
+    assert f"lora {tuning['chosen']['lora']['64']:g} at L=64" in report
     stamps = {p: p.stat().st_mtime_ns for p in (folder / "tune").glob("*/result.json")}
     capsys.readouterr()
     assert main(args) == 0
@@ -92,8 +101,53 @@ def test_tune_lr_selects_on_validation_records_the_choice_and_resumes(env, tmp_p
     assert stamps == {p: p.stat().st_mtime_ns for p in (folder / "tune").glob("*/result.json")}
 
 
+def _trial(length, lr, acc, loss, status="ok"):
+    return {"length": length, "lr": lr, "val_acc": acc, "val_loss": loss, "status": status}
+
+
+def test_the_overall_choice_is_the_best_mean_over_lengths_and_cells_take_the_nearest_tuned_length(env):
+    # 1e-4 wins at 512 by one document, 1e-5 wins at 2048 by ten: the mean picks 1e-5, per length each keeps its own.
+    trials = [_trial(512, 1e-5, 0.35, 1.50), _trial(512, 1e-4, 0.36, 1.52),
+              _trial(2048, 1e-5, 0.52, 1.34), _trial(2048, 1e-4, 0.42, 1.60)]
+    assert [select("m", [t for t in trials if t["length"] == n]) for n in (512, 2048)] == [1e-4, 1e-5]
+    assert select_overall("m", trials) == 1e-5
+    # equal mean accuracy: the lower mean loss, then the smaller value
+    tied = [_trial(512, 1e-5, 0.4, 1.2), _trial(512, 1e-4, 0.5, 1.0), _trial(1024, 1e-5, 0.6, 1.2),
+            _trial(1024, 1e-4, 0.5, 1.0)]
+    assert select_overall("m", tied) == 1e-4
+    # a value that failed at one length cannot be everyone's default
+    assert select_overall("m", [*trials[:3], _trial(2048, 1e-4, None, None, "failed")]) == 1e-5
+    with pytest.raises(TuningError, match="no value of m finished ok at every tuned length"):
+        select_overall("m", [_trial(512, 1e-5, 0.3, 1.0), _trial(2048, 1e-4, 0.3, 1.0)])
+    record = {"lengths": [512, 2048], "chosen": {"lora": {"512": 1e-4, "2048": 1e-5}}}
+    assert [nearest_tuned(record, n) for n in (512, 1024, 2048, 4096)] == [512, 512, 2048, 2048]
+    cells = [replace(_cell(env), max_len=n, label="lora") for n in (512, 4096)]
+    assert [(c.lr, c.selected_on) for c in apply_choice(cells, record)] == [(1e-4, "val@L512"), (1e-5, "val@L2048")]
+
+
+def test_tune_only_selects_per_length_and_never_trains_a_sweep_cell(env2, tmp_path, monkeypatch):
+    opened = []
+    monkeypatch.setattr(L.Trainer, "test", lambda *a, **k: opened.append(1))
+    args = _args(env2, tmp_path, "t", "--methods", "lora", "--tune", "lr", "--tune-grid", "1e-4,1e-2",
+                 "--tune-len", "64,128", "--tune-only")
+    args[args.index("--lengths") + 1] = "64,128"
+    assert main(args) == 0
+    folder = tmp_path / "t"
+    tuning = json.loads((folder / "tune" / "tuning.json").read_text())
+    assert tuning["lengths"] == [64, 128] and set(tuning["chosen"]["lora"]) == {"64", "128"}
+    assert [(t["length"], t["lr"], t["status"]) for t in tuning["trials"]["lora"]] == [
+        (64, 1e-4, "ok"), (64, 1e-2, "ok"), (128, 1e-4, "ok"), (128, 1e-2, "ok")]
+    assert tuning["overall"]["lora"] == select_overall("lora", tuning["trials"]["lora"])
+    assert not opened and not (folder / "cells").exists() and not (folder / "results.csv").exists()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--tune", "dropout"], "error: --tune dropout: unknown knob; the tunable knob is lr"),
+    (["--tune-only"], "error: --tune-only without --tune: nothing to select; add --tune lr"),
+    (["--tune", "lr", "--tune-len", "32"], "error: --tune-len 32: 32 is below the task library's minimum"),
+    (["--tune", "lr", "--tune-len", "512,1024"], "error: --tune-len 512,1024: 1024 is longer than the sweep's "
+                                                 "longest length 512; tune at lengths the sweep trains"),
+    (["--tune", "lr", "--tune-len", "64,64"], "error: --tune-len 64,64: a length is given twice"),
     (["--tune", "lr", "--tune-grid", "lora="], "error: --tune-grid lora= is empty: give at least one value"),
     (["--tune", "lr", "--tune-grid", "lora=1e-3,1e-4"], "error: --tune-grid lora=0.001,0.0001: values must strictly "
                                                         "increase (sorted, no repeats)"),

@@ -30,7 +30,7 @@ class DataConfig:
                                                                     "the task's)", "ge": 1, "integer": True})
     n_test: int | None = field(default=None, metadata={"help": "test examples to build (default: the task's)",
                                                       "ge": 1, "integer": True})
-    eval_tokens: int = field(default=51200, metadata={
+    eval_tokens: int = field(default=102400, metadata={
         "help": "tokens scored per evaluation: eval_tokens // L examples (at least min_eval)", "ge": 1,
         "integer": True})
     min_eval: int = field(default=50, metadata={"help": "fewest examples scored per evaluation (at most the "

@@ -52,12 +52,18 @@ class OptimConfig:
 
     tune: str = field(default="", metadata={
         "help": "select a knob on the validation split before the sweep: lr (each method's adapter learning "
-                "rate over --tune-grid, at --tune-len, first seed); empty: no tuning", "choices": TUNE_KNOBS})
+                "rate over --tune-grid, at each --tune-len, first seed); empty: no tuning", "choices": TUNE_KNOBS})
     tune_grid: dict[str, list[float]] = field(default_factory=lambda: dict(DEFAULT_TUNE_GRID), metadata={
         "help": "values tried per method, increasing: METHOD=V1,V2,... (one argument per method) or V1,V2,... "
                 "for every method; METHOD:VARIANT=... overrides METHOD's list for that variant", "gt": 0})
-    tune_len: int = field(default=0, metadata={"help": "context length of the tuning cells (0: the sweep's "
-                                                       "shortest)", "ge": 0, "integer": True})
+    tune_len: list[int] = field(default_factory=list, metadata={
+        "help": "context lengths of the tuning trials, comma-separated, one choice per length; a cell uses the "
+                "nearest tuned length's choice (empty: the sweep's shortest)", "ge": 0, "integer": True})
+    tune_only: bool = field(default=False, metadata={
+        "help": "stop after --tune's selection: write tune/tuning.json and train no sweep cell (the test split is "
+                "never opened)"})
+
+    NOT_IDENTITY = ("tune_only",)  # whether the sweep goes on after selecting, not what either computes
 
     def lr_for(self, method: str) -> float | None:
         """The adapter learning rate of a --methods entry (`lora`, `ssmlora:scan`): `for_method` in --lr, else

@@ -9,10 +9,12 @@ resumes: finished cells are skipped. Exit code 0 when every cell is ok, 1 when a
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import typing
 
 from plots import make_report
+from plots.report import tuning_lines
 from ssmlora.config import ConfigValueError
 from ssmlora.lab.memory import parse_size
 from ssmlora.lab.runtime import is_rank_zero
@@ -194,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if not is_rank_zero():  # torchrun / srun: the other ranks trained and scored; rank 0 reports
         return 1 if any_failed(rows) else 0
+    if cfg.optim.tune_only:
+        print("\n".join(tuning_lines(json.loads((folder / "config.json").read_text()))))
+        print(f"tuning: {folder / 'tune' / 'tuning.json'} (--tune-only: no sweep cell trained, test split unread)")
+        return 0
     print(results_table(rows))
     print(f"results: {folder / 'results.csv'}")
     written = make_report(folder)

@@ -138,6 +138,8 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name:
     if cfg.optim.tune:  # selection first, on validation only; the sweep's cells then run with the chosen values
         tuning = run_tuning(cfg, folder, in_process, log)
         _write_config(cfg, folder, old_cfg, tuning)
+        if cfg.optim.tune_only:  # selection alone: the test split is never opened
+            return folder, []
     cells = apply_choice(cfg.cells(), tuning)
     progress = Progress(len(cells), log)
     for i, cell in enumerate(cells, 1):

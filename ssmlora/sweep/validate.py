@@ -65,6 +65,8 @@ def check_tuning(cfg: SweepConfig) -> None:
     for method in optim.tune_grid:
         check_method_key("--tune-grid", method, cfg)
     if not optim.tune:
+        if optim.tune_only:
+            raise SweepError("--tune-only without --tune: nothing to select; add --tune lr")
         return
     if optim.lr:
         raise SweepError(f"--lr {_show([f'{k}={v:g}' for k, v in optim.lr.items()])} with --tune lr: a tuned rate is "
@@ -83,8 +85,15 @@ def check_tuning(cfg: SweepConfig) -> None:
         if any(b <= a for a, b in zip(grid, grid[1:])):
             raise SweepError(f"--tune-grid {method}={_show([f'{v:g}' for v in grid])}: values must strictly "
                              f"increase (sorted, no repeats)")
-    if optim.tune_len and optim.tune_len < MIN_LEN:
-        raise SweepError(f"--tune-len {optim.tune_len}: below the task library's minimum of {MIN_LEN} tokens")
+    for length in optim.tune_len:
+        if length < MIN_LEN:
+            raise SweepError(f"--tune-len {_show(optim.tune_len)}: {length} is below the task library's minimum of "
+                             f"{MIN_LEN} tokens")
+        if length > max(cfg.lengths):
+            raise SweepError(f"--tune-len {_show(optim.tune_len)}: {length} is longer than the sweep's longest "
+                             f"length {max(cfg.lengths)}; tune at lengths the sweep trains")
+    if len(set(optim.tune_len)) != len(optim.tune_len):
+        raise SweepError(f"--tune-len {_show(optim.tune_len)}: a length is given twice")
     try:
         task = get_task(cfg.data.task)
     except ValueError:
