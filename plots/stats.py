@@ -20,19 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-Z95 = float(sps.norm.ppf(0.975))
+from ssmlora.results import wilson_interval  # noqa: F401  (one Wilson interval for the sweep and the plots)
+
 BOOTSTRAP_SAMPLES = 4000
 BOOTSTRAP_SEED = 0  # a fixed generator: the report of one sweep is the same on every run
-
-
-def wilson_interval(correct: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion `correct` / `n` (`correct` may be a mean count); NaNs for n = 0."""
-    if n <= 0:
-        return math.nan, math.nan
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:

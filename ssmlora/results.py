@@ -467,8 +467,9 @@ EXTRAPOLATION_COLUMNS = ("method", "ssm_mode", "seed", "train_len", "eval_len", 
                          "interval_high", "majority_rate")
 
 
-def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95 % by default); (nan, nan) for n = 0."""
+def wilson_interval(correct: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion `correct` / `n` (95 % by default; `correct` may be a mean
+    count over seeds); (nan, nan) for n = 0."""
     if n <= 0:
         return math.nan, math.nan
     p = correct / n
