@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, BertConfig
 
-from ssmlora.lab.frontier import budget_check, find_frontier, predict_max_len
+from ssmlora.lab import frontier
+from ssmlora.lab.frontier import budget_check, find_frontier, fit_counted, predict_from_counted, predict_max_len
 from ssmlora.lab.memory import (
     MiB,
     SavedActivationCounter,
@@ -271,6 +272,70 @@ def test_predict_max_len_matches_a_brute_force_search():
     assert predict_max_len(budget + 1, points, budget) == 0
     with pytest.raises(ValueError, match="exponent"):
         predict_max_len(fixed, [(512, 10.0), (1024, 5.0)], budget)
+
+
+def test_fit_counted_is_exact_for_linear_and_quadratic_activations():
+    linear = lambda L: 20.0 + 0.1 * L  # noqa: E731  flash/SDPA: saved bytes grow with L
+    quadratic = lambda L: 20.0 + 0.1 * L + 3e-5 * L**2  # noqa: E731  eager: the L x L probabilities too
+    for truth in (linear, quadratic):
+        fitted = fit_counted([(L, truth(L)) for L in (1024, 4096, 8192)])
+        assert fitted(32768) == pytest.approx(truth(32768), rel=1e-9)
+    assert fit_counted([(4096, linear(4096)), (8192, linear(8192))])(32768) == pytest.approx(linear(32768))
+    with pytest.raises(ValueError, match="two distinct lengths"):
+        fit_counted([(4096, 1.0), (4096, 1.0)])
+
+
+def test_predict_from_counted_matches_a_brute_force_search():
+    counted = lambda L: 20.0 + 0.1 * L  # noqa: E731
+    peak = lambda L: 300.0 + 1.08 * counted(L)  # noqa: E731
+    real = [(L, peak(L)) for L in (4096, 8192)]
+    brute = max(L for L in range(256, 32769, 256) if peak(L) <= 2048)
+    assert predict_from_counted(counted, real, 2048, 32768) == brute
+    assert predict_from_counted(counted, real, 10**6, 32768) == 32768  # the reach, not memory
+    assert predict_from_counted(counted, real, 100, 32768) == 0
+
+
+def fake_steps(monkeypatch, peak, counted):
+    """frontier_point with `measure_step` replaced by the given figures: the search itself, step by step."""
+    calls = []
+
+    def measure_step(model, length, device, autocast_dtype):
+        calls.append(length)
+        return {"peak_mb": peak(length), "counted_mb": counted(length)}
+    monkeypatch.setattr(frontier, "measure_step", measure_step)
+    return calls
+
+
+def test_frontier_confirms_a_good_prediction_with_one_real_step(monkeypatch):
+    counted = lambda L: 20.0 + 0.1 * L  # noqa: E731
+    peak = lambda L: 300.0 + 1.08 * counted(L)  # noqa: E731
+    calls = fake_steps(monkeypatch, peak, counted)
+    point = frontier.frontier_point(lambda L: nn.Linear(4, 4), 2 * GiB)
+    brute = max(L for L in range(256, 32769, 256) if peak(L) <= 2048)
+    assert point["max_len"] == point["predicted_len"] == brute and point["how"] == "predicted"
+    assert calls == [1024, 4096, 8192, brute]  # warm-up, two probes, one confirmation
+    assert list(json.loads(point["attempts"])) == ["4096", "8192", str(brute)]
+    assert point["exponent"] == pytest.approx(fit_exponent([1024, 4096, 8192], [counted(L) for L in (1024, 4096, 8192)]))
+
+
+def test_frontier_steps_down_from_a_confirmation_over_the_budget(monkeypatch):
+    # The step grows a little faster than the saved activations (transients of a longer backward): the line
+    # through the probes over-predicts; the step over the budget becomes a point and the next one interpolates.
+    counted = lambda L: 20.0 + 0.1 * L  # noqa: E731
+    peak = lambda L: 300.0 + counted(L) + 2e-7 * L**2  # noqa: E731
+    calls = fake_steps(monkeypatch, peak, counted)
+    point = frontier.frontier_point(lambda L: nn.Linear(4, 4), 2 * GiB)
+    brute = max(L for L in range(256, 32769, 256) if peak(L) <= 2048)
+    assert peak(point["predicted_len"]) > 2048  # the first prediction did not fit
+    assert len(calls) == len(set(calls)) == 5  # warm-up, two probes, the failed confirmation, the one that fits
+    assert peak(point["max_len"]) <= 2048 and brute - 256 <= point["max_len"] <= brute
+    assert point["step_peak_mb"] == pytest.approx(peak(point["max_len"]), abs=0.05)
+
+
+def test_frontier_at_the_reach_takes_one_step_there(monkeypatch):
+    calls = fake_steps(monkeypatch, lambda L: 250.0 + 0.03 * L, lambda L: 0.01 * L)  # checkpointing-like
+    point = frontier.frontier_point(lambda L: nn.Linear(4, 4), 2 * GiB, reach=32768)
+    assert point["max_len"] == 32768 and point["cap_hit"] and calls == [1024, 4096, 8192, 32768]
 
 
 def test_budget_check():

@@ -10,11 +10,16 @@ precision is mixed), backward, an AdamW step over the trainable parameters. Its 
   it: they are the same for every L and every method. No cap can be enforced on the CPU, so the fit is a
   comparison of that figure with the budget.
 
-`frontier_point` measures a few short probe lengths, fits peak - fixed = c * L**b (fixed: weights, gradients,
-optimizer state from `memory_decomposition`), predicts the largest L within the budget and then
-- CUDA: bisects with real attempts, starting from the prediction (`how` = "measured");
-- CPU: confirms the prediction with one real step at that L, stepping down while the real step is over the
-  budget (`how` = "predicted": the L is the prediction's, shown by a real step to fit).
+`frontier_point` predicts from the counted activations, then confirms with real steps:
+- counted(L), the bytes the forward saves for backward (`SavedActivationCounter`), is exact and a polynomial
+  in L (degree 1 with flash/SDPA kernels, 2 with eager attention), so a few short steps determine it;
+- the step's peak is A + K * counted(L), the line through the two longest real steps (A: weights, gradients,
+  optimizer state, workspaces; K: what the step holds per saved byte: gradients and the backward's transients
+  ride on the activations; under checkpointing the recomputed layer's working set, which the count misses);
+- CUDA: bisection with real attempts, starting from the prediction (`how` = "measured");
+- CPU: one real step at the prediction; a step over the budget becomes the longest real point, so the next
+  prediction interpolates and steps down (`how` = "predicted": the L is the prediction's, shown by a real step
+  to fit). Each L is stepped at most once: long steps cost minutes on a CPU.
 The answer never exceeds `reach`, the backbone's longest input (`cap_hit` says when the reach, not memory, was
 the limit).
 """
@@ -30,7 +35,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ssmlora.lab.memory import MiB, PhaseMeter, fit_power_law, memory_decomposition, synthetic_batch
+from ssmlora.lab.memory import (MiB, PhaseMeter, SavedActivationCounter, fit_exponent, fit_power_law,
+                                memory_decomposition, synthetic_batch)
 
 
 
@@ -97,11 +103,13 @@ def predict_max_len(fixed_bytes: float, per_seq_points: list[tuple[int, float]],
     return k * multiple
 
 
-def step_peak_mb(model: nn.Module, length: int, device: torch.device, autocast_dtype: torch.dtype | None) -> float:
-    """Peak MiB of one training step of `model` (on `device`, train mode) at micro-batch 1 and length `length`.
+def measure_step(model: nn.Module, length: int, device: torch.device, autocast_dtype: torch.dtype | None) -> dict:
+    """One training step of `model` (on `device`, train mode) at micro-batch 1 and length `length`.
 
-    See the module's docstring for what the figure includes on each device. Raises torch.OutOfMemoryError (CUDA)
-    when the step does not fit; gradients and the optimizer state are gone when it returns.
+    Returns MiB: `peak_mb` (see the module's docstring for what it includes on each device) and `counted_mb`,
+    the bytes the forward saved for backward less autocast weight copies (`SavedActivationCounter`: exact,
+    the same on every run and device for the same kernels). Raises torch.OutOfMemoryError (CUDA) when the
+    step does not fit; gradients and the optimizer state are gone when it returns.
     """
     batch = synthetic_batch(model, length, 1, device)
     fixed = memory_decomposition(model)
@@ -111,8 +119,10 @@ def step_peak_mb(model: nn.Module, length: int, device: torch.device, autocast_d
     meter = PhaseMeter("step", device)
     try:
         with meter:
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-                out = model(**batch)
+            with SavedActivationCounter(model) as counter:  # returns what it is given: no memory of its own
+                with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
+                                    enabled=autocast_dtype is not None):
+                    out = model(**batch)
             loss = out.loss if getattr(out, "loss", None) is not None else out.logits.float().sum()
             loss.backward()
             if optimizer is not None:
@@ -124,73 +134,84 @@ def step_peak_mb(model: nn.Module, length: int, device: torch.device, autocast_d
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    if device.type == "cuda":
-        return meter.result["step_peak_mb"]
-    return resident + meter.result["step_rise_mb"]
+    peak = meter.result["step_peak_mb"] if device.type == "cuda" else resident + meter.result["step_rise_mb"]
+    return {"peak_mb": peak, "counted_mb": (counter.bytes - counter.weight_copy_bytes) / MiB}
 
 
-def fit_step_curve(points: list[tuple[int, float]]) -> tuple[float, float, float]:
-    """(a, c, b) of peak(L) = a + c * L**b fitted to [(L, peak)], least squares in relative error.
+def fit_counted(points: list[tuple[int, float]]) -> Callable[[float], float]:
+    """counted(L) through [(L, counted MiB)]: the polynomial in L of degree min(2, points - 1), least squares.
 
-    `a` takes what does not grow with L (weights, optimizer state, kernel workspaces), c * L**b the rest: a plain
-    power law through short probes would read a constant part as a smaller exponent and under-predict long L.
-    b is searched on [0.5, 3] in steps of 0.005 (a, c solved linearly for each b, c >= 0); two points give b = 1.
+    Saved activations are a polynomial in L of degree 1 (flash / memory-efficient attention) or 2 (eager
+    attention keeps the L x L probabilities), so three counted lengths determine it exactly.
     """
-    if len({L for L, _ in points}) < 2:
-        raise ValueError("fitting a step curve needs at least two distinct lengths")
-    lengths = torch.tensor([float(L) for L, _ in points], dtype=torch.float64)
-    peaks = torch.tensor([float(p) for _, p in points], dtype=torch.float64)
-    best = (math.inf, 0.0, 0.0, 1.0)
-    for b in ([1.0] if len(set(lengths.tolist())) == 2 else [0.5 + 0.005 * i for i in range(501)]):
-        design = torch.stack([torch.ones_like(lengths), lengths**b], 1) / peaks[:, None]
-        a, c = torch.linalg.lstsq(design, torch.ones_like(peaks)).solution.tolist()
-        if c <= 0:
-            continue
-        error = float((((a + c * lengths**b) - peaks) / peaks).square().sum())
-        if error < best[0] - 1e-12:
-            best = (error, a, c, b)
-    if best[0] == math.inf:
-        raise ValueError("the step's memory does not grow with the length: cannot predict")
-    return best[1], best[2], best[3]
+    lengths = sorted({L for L, _ in points})
+    if len(lengths) < 2:
+        raise ValueError("fitting the counted activations needs at least two distinct lengths")
+    degree = min(2, len(lengths) - 1)
+    xs = torch.tensor([float(L) for L, _ in points], dtype=torch.float64) / 1024  # scaled: a well-posed system
+    ys = torch.tensor([float(v) for _, v in points], dtype=torch.float64)
+    design = torch.stack([xs**k for k in range(degree + 1)], 1)
+    coef = torch.linalg.lstsq(design, ys[:, None]).solution[:, 0].tolist()
+    return lambda L: sum(c * (L / 1024) ** k for k, c in enumerate(coef))
 
 
-def predict_step_len(points: list[tuple[int, float]], budget_mb: float, reach: int, multiple: int = 256) -> int:
-    """Largest multiple of `multiple` <= reach whose fitted step peak (`fit_step_curve`) is within the budget."""
-    a, c, b = fit_step_curve(points)
-    k = reach // multiple
-    while k > 0 and a + c * (k * multiple) ** b > budget_mb:
-        k -= 1
-    return k * multiple
+def predict_from_counted(counted: Callable[[float], float], real: list[tuple[int, float]], budget_mb: float,
+                         reach: int, multiple: int = 256) -> int:
+    """Largest multiple of `multiple` <= reach with A + K * counted(L) <= budget_mb; 0 if none.
+
+    A (what does not grow: weights, optimizer state, kernel workspaces) and K (what the step holds per counted
+    byte: the backward's gradients and transients ride on the saved activations, and under checkpointing the
+    recomputed layer's working set, which the count does not see) come from the line through the two longest
+    real steps `real` = [(L, peak MiB)]: the nearest to the lengths predicted, so a confirming step over the
+    budget makes the next prediction an interpolation. One real step: K = 1.
+    """
+    if not real:
+        raise ValueError("predicting from the counted activations needs at least one real step")
+    (l1, p1), (l2, p2) = (sorted(real)[-2:] if len(real) > 1 else [real[0], real[0]])
+    k = (p2 - p1) / (counted(l2) - counted(l1)) if l1 != l2 and counted(l2) != counted(l1) else 1.0
+    a = p2 - k * counted(l2)
+    n = reach // multiple
+    while n > 0 and a + k * counted(n * multiple) > budget_mb:
+        n -= 1
+    return n * multiple
 
 
 def frontier_point(build: Callable[[int], nn.Module], budget_bytes: int, device: str | torch.device = "cpu",
-                   autocast_dtype: torch.dtype | None = None, probe_lengths: tuple[int, ...] = (2048, 4096, 8192),
-                   reach: int = 32768, multiple: int = 256, max_confirms: int = 4, log=None) -> dict:
+                   autocast_dtype: torch.dtype | None = None, probe_lengths: tuple[int, ...] = (4096, 8192),
+                   reach: int = 32768, multiple: int = 256, max_confirms: int = 4, warmup_len: int = 1024,
+                   log=None) -> dict:
     """Largest L (multiple of `multiple`, <= `reach`) whose training step fits `budget_bytes`; see the module.
 
     `build(L)` returns the adapted model (gradient checkpointing already set as wanted) for inputs of L tokens.
-    CPU: every real step (probe or confirmation) becomes a point of the fitted curve, so a confirmation over
-    the budget sharpens the next prediction. Returns the frontier.csv fields this function knows: max_len,
-    how, reach, cap_hit, step_peak_mb (real step at max_len), predicted_len (the first prediction), exponent,
-    fixed_mb, attempts (JSON {L: peak MiB, or "oom"}), seconds.
+    A warm-up step at `warmup_len` (its peak carries the kernel libraries' one-off buffers, so it is not a
+    point; its count is) and real steps at `probe_lengths` give counted(L) (`fit_counted`) and the line
+    peak = A + K * counted (`predict_from_counted`). CPU: every confirming step joins the real points, so one
+    over the budget sharpens the next prediction. Returns the frontier.csv fields this function knows:
+    max_len, how, reach, cap_hit, step_peak_mb (real step at max_len), predicted_len (the first prediction),
+    exponent, fixed_mb, attempts (JSON {L: peak MiB, or "oom"}), seconds.
     """
     device = torch.device(device)
     start, budget_mb = time.perf_counter(), budget_bytes / MiB
     attempts: dict[int, float | str] = {}
+    counts: dict[int, float] = {}
     say = log or (lambda *_: None)
 
     def attempt(length: int) -> float | None:
         model = build(length).to(device).train()
+        t0 = time.perf_counter()
         try:
-            peak = step_peak_mb(model, length, device, autocast_dtype)
+            step = measure_step(model, length, device, autocast_dtype)
         except torch.OutOfMemoryError:
-            peak = None
+            step = None
         finally:
             del model
             gc.collect()
-        attempts[length] = "oom" if peak is None else round(peak, 1)
-        say(f"  L={length}: " + ("out of memory" if peak is None else f"{peak:.0f} MiB"))
-        return peak
+        attempts[length] = "oom" if step is None else round(step["peak_mb"], 1)
+        if step is not None:
+            counts[length] = step["counted_mb"]
+        say(f"  L={length}: " + ("out of memory" if step is None else f"{step['peak_mb']:.0f} MiB")
+            + f" ({time.perf_counter() - t0:.0f} s)")
+        return step and step["peak_mb"]
 
     def fits(length: int) -> bool:
         peak = attempts[length] if length in attempts else attempt(length)
@@ -204,24 +225,25 @@ def frontier_point(build: Callable[[int], nn.Module], budget_bytes: int, device:
     fixed_mb = memory_decomposition(first)["fixed_mb"]
     budget_check(budget_bytes, int(sum(p.numel() * p.element_size() for p in first.parameters())))
     del first
-    attempt(probes[0])  # warm-up: the first step also carries the kernel libraries' one-off buffers
+    attempt(min(warmup_len, probes[0]))  # warm-up: counted, but its peak is no point (one-off buffers)
     attempts.clear()
     for length in probes:
         if not fits(length):  # no point probing longer
             break
     predicted, exponent = 0, math.nan
-    if len(measured()) >= 2:
-        exponent = fit_step_curve(measured())[2]
-        predicted = predict_step_len(measured(), budget_mb, reach, multiple)
+    if len(counts) >= 2 and measured():
+        counted = fit_counted(list(counts.items()))
+        exponent = fit_exponent(list(counts), list(counts.values())) if min(counts.values()) > 0 else math.nan
+        predicted = predict_from_counted(counted, measured(), budget_mb, reach, multiple)
     if device.type == "cuda" or predicted == 0:  # real attempts, bisection from the prediction
         how = "measured"
         best = find_frontier(fits, multiple, reach, multiple, guess=predicted or None)
-    else:  # CPU: real steps at the prediction until one fits, each refining the curve
+    else:  # CPU: a real step at the prediction; one over the budget refines the line and steps down
         how, best = "predicted", predicted
         for _ in range(max_confirms):
             if fits(best):
                 break
-            best = min(best - multiple, predict_step_len(measured(), budget_mb, reach, multiple))
+            best = min(best - multiple, predict_from_counted(counted, measured(), budget_mb, reach, multiple))
             if best <= 0:
                 best = 0
                 break
