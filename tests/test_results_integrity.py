@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from ssmlora import results as R
+from ssmlora.results.__main__ import main as results_main
 from ssmlora.claims import claim_cell, current_holder, describe_holder
 from ssmlora.results import (COLUMN_NAMES, SCHEMA_VERSION, ResultsFormatError, read_results, repair_results,
                              split_results, typed, update_results, write_results)
@@ -222,8 +223,8 @@ def test_repair_refuses_a_file_without_a_known_header(tmp_path):
 def test_results_cli_checks_and_repairs(tmp_path):
     path = tmp_path / "results.csv"
     damaged_file(path)
-    assert R.main(["check", str(path)]) == 1
-    assert R.main(["repair", str(path)]) == 0 and R.main(["check", str(path)]) == 0
+    assert results_main(["check", str(path)]) == 1
+    assert results_main(["repair", str(path)]) == 0 and results_main(["check", str(path)]) == 0
 
 
 # ---------------------------------------------------------------- locked merges and file modes
