@@ -58,6 +58,7 @@ def test_sweep_survives_sigkill_and_resumes(env):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("skipped") == len(kept)
     assert "[4/4] ssmlora L=128 seed 0: ok" in done.stdout
+    assert "examples/s" not in done.stdout + done.stderr  # no datasets progress bar ("Flattening the indices")
     rows = rows_of(results)
     assert list(rows[0]) == COLUMN_NAMES and len(rows) == 4
     assert {(r["method"], r["max_len"]) for r in rows} == {(m, L) for m in ("lora", "ssmlora") for L in ("64", "128")}

@@ -115,14 +115,16 @@ def environment() -> dict:
 
 def quiet_libraries(verbose: bool = False) -> None:
     """Keep a cell's console to its progress bar: Lightning's info lines (device summary, AMP, tips, "max_steps
-    reached"), the weight-loading bar and three known, harmless warnings. `verbose` keeps them all."""
+    reached"), the weight-loading and dataset bars and three known, harmless warnings. `verbose` keeps them all."""
     if verbose:
         return
+    from datasets.utils import logging as ds_logging
     from transformers.utils import logging as hf_logging
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     hf_logging.disable_progress_bar()
+    ds_logging.disable_progress_bar()  # e.g. "Flattening the indices" when a scored subset is materialised
     # Lightning 2.6 on torch 2.13: its own pytree helper uses a deprecated torch name.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # scikit-learn 1.8: a future default of LogisticRegressionCV that does not change the L2 fit used here.
