@@ -7,6 +7,7 @@ import torch
 
 from ssmlora.lab.backbone import (
     BackboneError,
+    ModelConfig,
     check_backbone,
     default_model_dir,
     load_backbone,
@@ -40,6 +41,40 @@ def test_absolute_positions_are_tiled_copies(tiny_bert):
     assert torch.equal(new[:64], old) and torch.equal(new[64:128], old) and torch.equal(new[128:], old[:32])
     out = model(input_ids=torch.randint(1000, 2000, (2, 160)))  # the grown index buffers reach position 159
     assert out.logits.shape == (2, 3)
+
+
+def test_extending_positions_draws_nothing_from_the_global_rng(tiny_bert):
+    # Adapter init and dropout come after the backbone loads: how far positions were extended must not move them.
+    from ssmlora.lab.backbone import extend_positions
+
+    after = []
+    for max_len in (128, 1024):
+        model, _ = load_backbone(str(tiny_bert), num_labels=3, max_len=64)
+        torch.manual_seed(0)
+        extend_positions(model, max_len)
+        after.append(torch.rand(4))
+    assert torch.equal(after[0], after[1])
+
+
+def test_adapters_start_from_the_seed_whatever_the_longest_eval_length(tiny_bert, tmp_path):
+    from data_prep import build_task
+    from ssmlora.config import AdapterConfig
+    from ssmlora.lab.cell import CellConfig, build_cell
+    from ssmlora.lab.data import DataConfig
+
+    cache = tmp_path / "data"
+    sizes = {"n_train": 16, "n_validation": 8, "n_test": 8}
+    build_task("topic-mix", max_len=64, tokenizer=str(tiny_bert), cache_dir=str(cache), seed=0, **sizes)
+    weights = []
+    for eval_lengths in ([], ["4x"]):
+        cfg = CellConfig(adapter=AdapterConfig(method="lora"), max_len=64, seed=3, lr=1e-3,
+                         model=ModelConfig(model=str(tiny_bert)),
+                         data=DataConfig(task="topic-mix", cache_dir=str(cache), eval_lengths=eval_lengths, **sizes))
+        torch.manual_seed(123 + len(eval_lengths))  # whatever ran before the cell
+        model = build_cell(cfg)[3]
+        weights.append({k: v for k, v in model.state_dict().items() if "lora_" in k})
+    assert weights[0] and weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_attention_dropout_is_zero_and_kernel_recorded(tiny_bert):

@@ -154,8 +154,10 @@ def extend_positions(model: nn.Module, max_len: int) -> int:
         return old.num_embeddings
     rows = old.weight.data[offset:]
     tiled = rows.repeat(math.ceil(max_len / native), 1)[:max_len]
-    new = nn.Embedding(offset + max_len, old.embedding_dim, padding_idx=old.padding_idx)
-    new.weight.data = torch.cat([old.weight.data[:offset], tiled]).to(old.weight.dtype)
+    # `_weight` skips nn.Embedding's random init: drawing it would move the global RNG by a length-dependent
+    # amount, so adapter init and dropout would depend on how far positions were extended.
+    new = nn.Embedding(offset + max_len, old.embedding_dim, padding_idx=old.padding_idx,
+                       _weight=torch.cat([old.weight.data[:offset], tiled]).to(old.weight.dtype))
     new.weight.requires_grad_(old.weight.requires_grad)
     setattr(owner, attr, new)
     # BERT-style embeddings keep (1, max_positions) index buffers that slice by length: grow them too.

@@ -121,6 +121,9 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     )
     dm = TaskDataModule(data, micro, cfg.seed, pad_id)
     module.train()  # from_pretrained returns eval mode; adapter and hidden dropout must be live in training
+    # Training's randomness (dropout) starts from the seed alone, whatever ran before: a cold or warm cache, the
+    # probe, the memory count, the longest eval length.
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     with PhaseMeter("train", device, phases):  # validation during fit included
         trainer.fit(module, datamodule=dm)
     best = trainer.checkpoint_callback.best_model_path if validate and trainer.checkpoint_callback else ""
@@ -306,6 +309,7 @@ def build_cell(cfg: CellConfig):
     model, info = load_backbone(cfg.model.model, num_labels=len(labels), max_len=longest_length(cfg),
                                 attn_implementation=cfg.model.attn, id2label=dict(enumerate(labels)),
                                 pad_token_id=pad_id, pooling=cfg.model.pooling)
+    torch.manual_seed(cfg.seed)  # adapter init depends on the seed only, not on what loading drew before it
     inject_adapters(model, cfg.adapter)
     return data, labels, pad_id, model, info
 
