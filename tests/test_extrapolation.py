@@ -178,23 +178,12 @@ def test_extrapolation_differences_find_a_planted_difference_and_none_between_tw
     """tests/test_tuning.py's planted pair, read to 2x: `blind` (always class 0) is found below lora at the longer
     length too; `twin` (LoRA under another name) equals lora there, and every method equals itself read further
     (the planted documents are shorter than either length, so reading further changes nothing)."""
-    from data_prep import registry
     from plots.data import load_sweep
     from plots.extrapolation import differences
-    from ssmlora import Method, register_method
-    from ssmlora.methods import get_method, unregister_method
     from ssmlora.sweep.cli import main
-    from test_tuning import BlindHead, Twin, _planted_words
+    from test_tuning import planted_sweep_setup
 
-    spec = registry.get_task("topic-mix")
-    monkeypatch.setitem(registry._REGISTRY, "planted", type(spec)(**{
-        **spec.__dict__, "name": "planted", "labels": ("apple", "house"), "builder": _planted_words,
-        "default_sizes": (40, 20, 40), "version": "planted-1"}))
-    register_method(Method("blind", "head output fixed: always class 0", layer=BlindHead,
-                           in_scheme=lambda role, layer, targets: role == "head", defaults={"lr": 1e-3}))
-    register_method(Method("twin", "LoRA under another name", layer=Twin, in_scheme=get_method("lora").in_scheme,
-                           defaults={"lr": 5e-4}))
-    try:
+    with planted_sweep_setup(monkeypatch):
         code = main(["--model", str(env["bert"]), "--cache-dir", str(tmp_path / "data"), "--task", "planted",
                      "--max-steps", "1", "--tokens-per-step", "256", "--lengths", "64", "--eval-lengths", "2x",
                      "--in-process", "--out", str(tmp_path), "--name", "p", "--probe-examples", "40",
@@ -217,9 +206,6 @@ def test_extrapolation_differences_find_a_planted_difference_and_none_between_tw
         written = rows_of(tmp_path / "p" / "extrapolation_differences.csv")
         row = next(r for r in written if (r["eval_len"], r["a"], r["b"]) == ("128", "blind", "lora"))
         assert row["detected"] == "True" and float(row["ci_high"]) == pytest.approx(planted.high, abs=1e-5)
-    finally:
-        unregister_method("blind")
-        unregister_method("twin")
 
 
 def test_lr_and_tune_grid_keyed_by_a_variant():

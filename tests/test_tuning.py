@@ -1,6 +1,7 @@
 """Accuracy a reader can trust: validation-only tuning, per-document predictions on fixed test documents, honest
 seeds, the probe as a reference, and paired tests that find a planted difference and none between twins."""
 
+import contextlib
 import csv
 import json
 from dataclasses import replace
@@ -229,7 +230,10 @@ def _planted_words(cfg, tok):
                     for i in range(n)] for split, n in sizes.items()}
 
 
-def test_the_paired_test_finds_a_planted_difference_and_none_between_twins(env, tmp_path, monkeypatch):
+@contextlib.contextmanager
+def planted_sweep_setup(monkeypatch):
+    """The `planted` task and two methods for the paired tests: `blind` (head fixed to class 0: a planted
+    difference) and `twin` (LoRA under another name: no difference), unregistered afterwards."""
     from data_prep import registry
 
     spec = registry.get_task("topic-mix")
@@ -241,6 +245,14 @@ def test_the_paired_test_finds_a_planted_difference_and_none_between_twins(env, 
     register_method(Method("twin", "LoRA under another name", layer=Twin, in_scheme=get_method("lora").in_scheme,
                            defaults={"lr": 5e-4}))
     try:
+        yield
+    finally:
+        unregister_method("blind")
+        unregister_method("twin")
+
+
+def test_the_paired_test_finds_a_planted_difference_and_none_between_twins(env, tmp_path, monkeypatch):
+    with planted_sweep_setup(monkeypatch):
         code = main(["--model", str(env["bert"]), "--cache-dir", str(tmp_path / "data"), "--task", "planted",
                      "--max-steps", "1", "--tokens-per-step", "256", "--lengths", "64", "--in-process",
                      "--out", str(tmp_path), "--name", "p", "--probe-examples", "40", "--min-eval", "100",
@@ -266,6 +278,3 @@ def test_the_paired_test_finds_a_planted_difference_and_none_between_twins(env, 
         probe = sweep.ok.drop_duplicates("seed")["probe_accuracy"].mean()
         assert texts == ["n=40"] and [a for a in fig.axes[0].get_lines() if a.get_gid() == "mean:probe"][0] \
             .get_ydata()[0] == pytest.approx(probe)
-    finally:
-        unregister_method("blind")
-        unregister_method("twin")
