@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from ssmlora import AdapterConfig, inject_adapters
 from ssmlora.lab.profilers import _vm_hwm_mb, reset_cpu_peak
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from docs_section import write_docs_section  # noqa: E402
+from docs_section import machine_line, write_docs_section  # noqa: E402
 
 METHODS = ("frozen", "lora", "peft-lora", "ssmlora")
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -173,17 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     emit(f"\nTargets at L={max_len}: " + "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in checks))
     if args.write_docs:
-        machine = f"{_cpu_name()}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}"
-        print(f"wrote {write_docs_section('adapter_overhead', chr(10).join(lines), machine)}")
+        print(f"wrote {write_docs_section('adapter_overhead', chr(10).join(lines), machine_line())}")
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

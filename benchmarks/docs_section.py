@@ -7,6 +7,8 @@ A section is the text between `<!-- begin: NAME -->` and `<!-- end: NAME -->`, N
 from __future__ import annotations
 
 import datetime
+import os
+import platform
 import shlex
 import sys
 from pathlib import Path
@@ -32,3 +34,16 @@ def write_docs_section(name: str, table: str, machine: str, argv: list[str] | No
             f"{table.strip()}\n")
     path.write_text(text[:start + len(begin)] + "\n" + body + text[stop:])
     return path
+
+
+def machine_line() -> str:
+    """The CPU model, logical cores, OS and torch version: what a benchmark's ratios were measured on."""
+    import torch
+
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    amx = ", AMX" if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() else ""
+    return f"{cpu}{amx}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}, torch {torch.__version__}"

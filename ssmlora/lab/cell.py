@@ -81,7 +81,7 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     device = cell_device(cfg)
     phases: dict = {}
     with PhaseMeter("build", "cpu", phases):  # data and backbone are built on the host
-        data, labels, pad_id, model, info = build_cell(cfg)
+        data, labels, pad_id, model, info = build_cell(cfg, phases)
     if cfg.tuning:  # selection reads validation only: a test read anywhere below raises SealedSplitError
         data["test"] = SealedSplit("learning-rate tuning")
     if cfg.runtime.gradient_checkpointing:
@@ -221,7 +221,8 @@ def phase_columns(phases: dict, counted: dict, device: torch.device) -> dict:
     weights = counted["weights_frozen_mb"] + counted["weights_trainable_mb"]
     explained = dynamic + (weights if cuda else 0.0)
     return {"train_peak_mb": train, "eval_peak_mb": figure("eval"), "probe_peak_mb": figure("probe"),
-            "build_peak_mb": phases.get("build_rise_mb"),
+            "build_peak_mb": None if "build_rise_mb" not in phases else  # the cache's builder is a child process
+            phases["build_rise_mb"] + phases.get("data_build_rise_mb", 0.0),
             "train_reserved_mb": phases.get("train_reserved_peak_mb"),
             "eval_reserved_mb": phases.get("eval_reserved_peak_mb"),
             "mem_basis": "cuda_max_allocated" if cuda else "cpu_rss_rise",
@@ -299,11 +300,11 @@ def reduce_cell_figures(trainer, model, mem: dict, speed, flops_dtype) -> tuple[
     return mem, speed.summary(flops_dtype, ranks=ranks if len(ranks) > 1 else None), ranks
 
 
-def build_cell(cfg: CellConfig):
+def build_cell(cfg: CellConfig, phases: dict | None = None):
     """The cell's data and adapted backbone, built the same way for training and for re-scoring saved adapters.
-    Returns (data, label names, pad id, model, BackboneInfo)."""
+    Returns (data, label names, pad id, model, BackboneInfo); a cold data cache's build figures go to `phases`."""
     tokenizer = resolve_model_path(cfg.model.model)
-    data = build_splits(cfg.data, cfg.max_len, tokenizer)
+    data = build_splits(cfg.data, cfg.max_len, tokenizer, phases)
     labels = list(data["train"].features["label"].names)
     pad_id = pad_token_id(tokenizer)
     model, info = load_backbone(cfg.model.model, num_labels=len(labels), max_len=longest_length(cfg),

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_prep import build_task, majority_rate
-from ssmlora.lab.data import DATA_SEED, TaskDataModule
+from data_prep import majority_rate
+from ssmlora.lab.data import TaskDataModule, task_data
 from ssmlora.lab.predictions import doc_ids, gather_predictions, predictions_file, write_predictions
 from ssmlora.results import wilson_interval
 
@@ -33,10 +33,7 @@ def score_longer(cfg, trainer, module, test, scores: dict, tokenizer: str, pad_i
     rows = [_row(cfg.max_len, cfg.max_len, scores["test_acc"], int(scores["test_n"]), majority)]
     wanted = list(test["doc_id"])
     for length in cfg.data.eval_lengths_for(cfg.max_len):
-        # DATA_SEED, as build_splits: a doc_id names a position in a split, so another seed would put other
-        # documents under the same ids
-        data = build_task(cfg.data.task, max_len=length, tokenizer=tokenizer, truncation="head",
-                          cache_dir=cfg.data.cache_dir, seed=DATA_SEED, **cfg.data.sizes())
+        data = task_data(cfg.data, length, tokenizer)  # DATA_SEED: a doc_id names a position in a split
         longer = same_documents(data["test"], test, cfg.max_len, length)
         # the same memory per batch as the cell's own evaluation: fewer sequences as they grow longer
         batch = max(1, 2 * micro * cfg.max_len // length)

@@ -70,7 +70,7 @@ COLUMNS: tuple[Column, ...] = (
                                      "CPU rise of RSS over the phase's start)"),
     Column("eval_peak_mb", "float", "test phase alone, MiB (same basis)"),
     Column("probe_peak_mb", "float", "linear-probe phase alone, MiB (same basis; ~0 when its features were cached)"),
-    Column("build_peak_mb", "float", "data build and backbone load, rise of host RSS, MiB"),
+    Column("build_peak_mb", "float", "data build (in its own process) and backbone load, rise of host RSS, MiB"),
     Column("train_reserved_mb", "float", "CUDA: max reserved during training, MiB; empty on CPU"),
     Column("eval_reserved_mb", "float", "CUDA: max reserved during the test, MiB; empty on CPU"),
     Column("mem_basis", "str", "cuda_max_allocated | cpu_rss_rise: what the phase columns measure"),
