@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ from ssmlora.lab.backbone import load_backbone
 from ssmlora.scan import ScanLoRALinear, SequenceMask
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from docs_section import write_docs_section  # noqa: E402
+from docs_section import machine_line, write_docs_section  # noqa: E402
 
 METHODS = {"lora": dict(method="lora"), "ssmlora:depth": dict(method="ssmlora", ssm_mode="depth"),
            "ssmlora:scan": dict(method="ssmlora", ssm_mode="scan")}
@@ -149,8 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-docs", action="store_true", help="also write the result into docs/benchmarks.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, " \
-              f"{args.threads} thread(s)"
+    machine = f"{machine_line()}, {args.threads} thread(s)"
     print(machine + "\n")
     out = []
     if args.length:
