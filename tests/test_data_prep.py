@@ -126,6 +126,12 @@ def test_second_build_is_a_cache_hit(tmp_path):
     assert (_cache_folder(first) / MANIFEST).is_file()
     other = build_task("listops", max_len=192, cache_dir=tmp_path, **SMALL)  # length is part of the key
     assert _cache_folder(other) != _cache_folder(first)
+    # A cell reads its splits into memory (their pages must not join a later phase's RSS): the same rows, no
+    # mapped file behind them.
+    loaded = build_task("listops", max_len=128, cache_dir=tmp_path, only_cached=True, in_memory=True, **SMALL)
+    for split in first:
+        assert loaded[split].cache_files == [] and first[split].cache_files != []
+        assert loaded[split].to_dict() == first[split].to_dict()
 
 
 @pytest.mark.parametrize("damage", ["truncate_arrow", "drop_manifest", "delete_file"])

@@ -267,7 +267,7 @@ except OSError:  # no C library by that name (Windows, some sandboxes): the allo
 _M_MMAP_THRESHOLD = -3
 
 
-MMAP_THRESHOLD = 512 * 1024
+MMAP_THRESHOLD = 64 * 1024
 
 
 def configure_allocator_for_measurement(mmap_threshold: int = MMAP_THRESHOLD) -> bool:
@@ -275,12 +275,15 @@ def configure_allocator_for_measurement(mmap_threshold: int = MMAP_THRESHOLD) ->
 
     By default glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after which
     tensors below it come from heaps that keep freed memory; an RSS reading then depends on what ran before.
-    A fixed threshold stops that. Same effect as starting the process with `MALLOC_MMAP_THRESHOLD_=524288`
+    A fixed threshold stops that. Same effect as starting the process with `MALLOC_MMAP_THRESHOLD_=65536`
     (the environment is only read at start-up; this call works any time, best before the large allocations).
-    Why 512 KiB, not lower: the CPU flash-attention kernels allocate and free block buffers just under it
-    thousands of times per step, and a fresh mmap each (a syscall and zeroed pages) made a step at 32K
-    tokens 1.5x slower (340 s against 225 s) for the same peak (1361 against 1363 MiB); at 8K tokens 64 KiB and
-    512 KiB gave the same peak to 1 MiB. Returns False where glibc is absent (musl, macOS, Windows): harmless.
+    Why 64 KiB: tensors under the threshold share glibc's heap with the step's transients, and the heap's holes
+    count in RSS. SSMLoRA's rank-8 per-token tensors are 128 KiB at 4096 tokens; at a 512 KiB threshold its
+    training rise at 4096 was 8.1 MiB above what its count explains relative to LoRA's (442.4 against 458.3
+    MiB, counted 399.4 against 423.6), at 64 KiB 1.3 MiB (433.8 against 456.7). The price: the CPU
+    flash-attention kernels' block buffers (just under 512 KiB) become a fresh mmap each, so a cell's step at
+    4096 is 1.33-1.42x slower than at 512 KiB. `ssmlora.lab.frontier.FRONTIER_MMAP_THRESHOLD` takes the other
+    side of that trade. Returns False where glibc is absent (musl, macOS, Windows): harmless.
     """
     mallopt = getattr(_LIBC, "mallopt", None)
     return bool(mallopt and mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1)

@@ -19,7 +19,7 @@ import torch
 from data_prep import MAX_EXTENDED_LEN
 from ssmlora.inject import enable_gradient_checkpointing, inject_adapters
 from ssmlora.lab.backbone import check_backbone, load_backbone
-from ssmlora.lab.frontier import cuda_budget, frontier_point
+from ssmlora.lab.frontier import FRONTIER_MMAP_THRESHOLD, cuda_budget, frontier_point
 from ssmlora.lab.memory import MiB, configure_allocator_for_measurement, memory_decomposition
 from ssmlora.results import FRONTIER_COLUMNS
 from ssmlora.sweep.config import SweepConfig
@@ -75,7 +75,7 @@ def run_frontier(cfg: SweepConfig, budget_bytes: int, out: str | os.PathLike = "
         raise SweepError("--frontier measures one device: use --devices 1 --num-nodes 1")
     check_budget(cfg, budget_bytes)
     torch.set_num_threads(cfg.runtime.torch_threads())
-    configure_allocator_for_measurement()  # freed tensors leave RSS at once, so each step is measured alone
+    configure_allocator_for_measurement(FRONTIER_MMAP_THRESHOLD)  # freed tensors leave RSS: each step alone
     on_gpu = cfg.runtime.uses_gpu()
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
     reach = reach or backbone_reach(cfg)
