@@ -57,9 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             worst = max(worst, abs(c / w - 1))
             lines.append(f"| {method} | {length} | {c:.1f} | {w:.1f} | {c / w:.3f} | "
                          f"{cold['phases'].get('data_build_rise_mb', float('nan')):.0f} |")
-            print(lines[-1] + f"  ({time.perf_counter() - start:.0f} s; warm: counted "
-                  f"{warm['grads_mb'] + warm['optimizer_mb'] + warm['activations_mb']:.1f}, remainder "
-                  f"{warm['unexplained_mb']:.1f} MiB)", flush=True)
+            print(lines[-1] + f"  ({time.perf_counter() - start:.0f} s; warm: counted {counted(warm):.1f}, "
+                  f"remainder {warm['unexplained_mb']:.1f} MiB)", flush=True)
     lines.append(f"\nLargest cold/warm difference: {worst:.1%} (target: within 3 %: {'met' if worst <= 0.03 else 'MISSED'})")
     lines += method_gap(warm_rows, args.methods.split(","), args.lengths)
     print("\n".join(lines))
@@ -68,13 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if worst <= 0.03 else 1
 
 
-def method_gap(rows: dict, methods: list[str], lengths: list[int]) -> list[str]:
-    """Per L, the first method's warm training peak minus each other's, beside the same difference of what the
-    count says their adapters hold (gradients, AdamW state, saved activations: the method-dependent parts of
-    the training rise; the frozen weights are resident before training and are not part of it)."""
-    def counted(r: dict) -> float:
-        return r["grads_mb"] + r["optimizer_mb"] + r["activations_mb"]
+def counted(row: dict) -> float:
+    """What the count says a cell's adapters hold in its training rise: gradients, AdamW state, saved
+    activations (the frozen weights are resident before training and are not part of it)."""
+    return row["grads_mb"] + row["optimizer_mb"] + row["activations_mb"]
 
+
+def method_gap(rows: dict, methods: list[str], lengths: list[int]) -> list[str]:
+    """Per L, the first method's warm training peak minus each other's, beside the same difference of `counted`
+    and of the remainders."""
     base = methods[0]
     out = ["", f"Warm cells, {base} minus each other method (MiB):", "",
            "| L | other | train peak difference | counted difference | remainder difference |", "|---|---|---|---|---|"]

@@ -101,16 +101,17 @@ def task_data(cfg: DataConfig, length: int, tokenizer: str, into: dict | None = 
         return data
     if "fork" not in mp.get_all_start_methods():
         build_task(**kwargs)
-        return build_task(**kwargs, only_cached=True, in_memory=True)
-    with ProcessPoolExecutor(1, mp_context=mp.get_context("fork")) as pool:
-        try:
-            figures = pool.submit(_build_measured, kwargs).result()
-        except BrokenProcessPool as e:
-            raise RuntimeError(f"building {cfg.task} at {length} tokens: the build process died ({e}); if it ran "
-                               f"out of memory, build the cache first: python -m data_prep build {cfg.task} --max-len {length}") from None
-    if into is not None:
-        into.update(figures)
-    return build_task(**kwargs, only_cached=True, in_memory=True)
+    else:
+        with ProcessPoolExecutor(1, mp_context=mp.get_context("fork")) as pool:
+            try:
+                figures = pool.submit(_build_measured, kwargs).result()
+            except BrokenProcessPool as e:
+                raise RuntimeError(f"building {cfg.task} at {length} tokens: the build process died ({e}); if it "
+                                   f"ran out of memory, build the cache first: python -m data_prep build {cfg.task} "
+                                   f"--max-len {length}") from None
+        if into is not None:
+            into.update(figures)
+    return build_task(**kwargs, only_cached=True, in_memory=True)  # the child's datasets stay in the child
 
 
 def _build_measured(kwargs: dict) -> dict:
