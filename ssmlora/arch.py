@@ -91,6 +91,16 @@ def is_projection(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
+def layer_modules(model: nn.Module, sites: list["Site"]) -> dict[int, nn.Module]:
+    """The transformer layer (index -> module) that holds each of `sites` (the head belongs to none)."""
+    layers = {}
+    for site in sites:
+        match = _LAYER_RE.match(site.name)
+        if site.layer is not None and match:
+            layers[site.layer] = model.get_submodule(f"{match['prefix']}.{match['idx']}")
+    return layers
+
+
 def family_of(model: nn.Module) -> Family:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in FAMILIES:

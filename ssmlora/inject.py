@@ -8,7 +8,7 @@ from ssmlora.arch import family_of, find_head, num_layers, select_sites
 from ssmlora.config import AdapterConfig
 from ssmlora.lora import AdapterLinear
 from ssmlora.methods import BUS_NAME, adapter_param_names, get_method
-from ssmlora.ssm import SSMStateBus, checkpoint_context_fn
+from ssmlora.ssm import SSMStateBus
 
 
 def inject_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
@@ -118,16 +118,17 @@ def reset_ssm_state(model: nn.Module) -> None:
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
-    """Hugging Face gradient checkpointing in its non-reentrant form.
+    """Hugging Face's own switch in its non-reentrant form; kept as a short name for the sweep and old code.
 
-    The reentrant form drops the gradients of a checkpointed block whose inputs do not require grad, which is
-    every block of a frozen backbone; the non-reentrant form does not. Its `context_fn` gives every checkpointed
-    call a tape of SSMLoRA entry states, so that a recomputation sees the state its own forward saw, however
-    many forward passes ran before the backward.
+    Any way of checkpointing whole layers works on every adapter method (ssmlora.recompute): this, HF's
+    `gradient_checkpointing_enable` with either `use_reentrant`, `transformers.Trainer(gradient_checkpointing=
+    True)`, or `torch.utils.checkpoint` around one layer.
     """
-    model.gradient_checkpointing_enable(
-        gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": checkpoint_context_fn}
-    )
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 renamed the switch
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def model_fingerprint(model: nn.Module) -> dict:

@@ -14,10 +14,11 @@ from typing import Callable
 
 import torch.nn as nn
 
-from ssmlora.arch import scan_direction
+from ssmlora.arch import layer_modules, scan_direction
 
 from ssmlora.lora import AdapterLinear, LoRALinear
-from ssmlora.scan import ScanLoRALinear, SequenceMask
+from ssmlora.recompute import LayerEntries
+from ssmlora.scan import MASK_NAME, ScanLoRALinear, SequenceMask
 from ssmlora.ssm import SSMLoRALinear, SSMStateBus
 
 # Annotations below name ssmlora.config.AdapterConfig and ssmlora.arch.Site; neither is imported, because the
@@ -26,6 +27,7 @@ from ssmlora.ssm import SSMLoRALinear, SSMStateBus
 ATTENTION_AND_FFN = frozenset({"q", "k", "v", "o", "ffn-in", "ffn-gate", "ffn-out"})
 QV = frozenset({"q", "v"})
 BUS_NAME = "ssm_state"  # attribute of an SSMLoRA model that holds its state chains
+ENTRIES_NAME = "ssm_entries"  # attribute of an SSMLoRA model that records what each layer saw (checkpointing)
 
 
 @dataclass(frozen=True)
@@ -117,20 +119,29 @@ def _chain_key(site: "Site", mode: str) -> str:
 
 def _link_ssm_chains(model: nn.Module, sites, wrappers, config: "AdapterConfig") -> None:
     """Put every SSMLoRA layer on its state chain (one chain per key, in depth order) through one state bus;
-    in scan mode, give every layer the model's attention mask and the scan direction of its family."""
+    in scan mode, give every layer the model's attention mask and the scan direction of its family. Either
+    way, record what each transformer layer reads on entry, for gradient checkpointing (ssmlora.recompute)."""
     if config.ssm_mode == "scan":
         direction = scan_direction(model.config.model_type, config.scan_direction)
         SequenceMask.install(model)
-        for wrapper in wrappers:
-            wrapper.attach(model, direction)
-        return
-    keys = [_chain_key(site, config.ssm_mode) for site in sites]
-    bus = SSMStateBus(config.ssm_mode, keys)
-    model.add_module(BUS_NAME, bus)
-    seen: dict[str, int] = {}
-    for wrapper, key in zip(wrappers, keys):
-        wrapper.attach(bus, key, seen.get(key, 0))
-        seen[key] = seen.get(key, 0) + 1
+        entries = LayerEntries(getattr(model, MASK_NAME))
+        for wrapper, site in zip(wrappers, sites):
+            wrapper.attach(model, direction, site.layer, entries)
+    else:
+        keys = [_chain_key(site, config.ssm_mode) for site in sites]
+        layer_keys: dict[int, list[str]] = {}
+        for site, key in zip(sites, keys):
+            if site.layer is not None:
+                layer_keys.setdefault(site.layer, []).append(key)
+        bus = SSMStateBus(config.ssm_mode, keys, layer_keys)
+        model.add_module(BUS_NAME, bus)
+        entries = LayerEntries(bus)
+        seen: dict[str, int] = {}
+        for wrapper, key, site in zip(wrappers, keys, sites):
+            wrapper.attach(bus, key, seen.get(key, 0), site.layer, entries)
+            seen[key] = seen.get(key, 0) + 1
+    model.add_module(ENTRIES_NAME, entries)
+    entries.install(layer_modules(model, sites))
 
 
 register_method(Method(

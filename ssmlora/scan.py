@@ -31,7 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssmlora.lora import AdapterLinear
-from ssmlora.ssm import NORMS, _active_tape, in_backward, normalise
+from ssmlora.recompute import LayerEntries, in_backward
+from ssmlora.ssm import NORMS, normalise
 
 DIRECTIONS = ("causal", "bidirectional")
 DEFAULT_CHUNK = 64
@@ -189,7 +190,7 @@ class SequenceMask(nn.Module):
 
     A projection only sees hidden states, yet a scan must skip pad tokens, so a forward pre-hook on the
     model stores the mask here and a forward hook clears it (`install`). A layer recomputed by gradient
-    checkpointing runs after that, so each layer also records the mask it used on its checkpoint tape.
+    checkpointing runs after that, so `LayerEntries` records the mask each layer saw (`layer_entry`).
     """
 
     def __init__(self) -> None:
@@ -211,6 +212,9 @@ class SequenceMask(nn.Module):
 
         model.register_forward_pre_hook(store, with_kwargs=True)
         model.register_forward_hook(clear, with_kwargs=True)
+
+    def layer_entry(self, layer: int) -> dict[str, torch.Tensor | None]:
+        return {"mask": self.mask}
 
 
 class ScanLoRALinear(AdapterLinear):
@@ -240,11 +244,15 @@ class ScanLoRALinear(AdapterLinear):
         self.Wb = nn.Parameter(torch.zeros(r, self.out_features, **kw))
         self.Wd = nn.Parameter(torch.zeros(r, r, **kw))
         self.decay_logit = nn.Parameter(init_decay_logits(r).to(**kw))
-        self._model: list[nn.Module] = []  # the adapted model, in a list to keep it out of this module's children
+        # The adapted model and its entry records, in lists to keep them out of this module's children.
+        self._model: list[nn.Module] = []
+        self._entries: list[LayerEntries] = []
+        self.layer: int | None = None
 
-    def attach(self, model: nn.Module, direction: str) -> None:
-        self._model = [model]
-        self.direction = validate_direction(direction)
+    def attach(self, model: nn.Module, direction: str, layer: int | None = None,
+               entries: LayerEntries | None = None) -> None:
+        self._model, self._entries = [model], [entries] if entries is not None else []
+        self.direction, self.layer = validate_direction(direction), layer
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         u = F.linear(self._adapter_input(x), self.Wa.t())
@@ -258,25 +266,20 @@ class ScanLoRALinear(AdapterLinear):
         return F.linear(mixed * self.scaling, self.Wb.t())
 
     def _sequence_mask(self, seq: torch.Tensor) -> torch.Tensor | None:
-        tape = _active_tape()
-        if tape is not None and tape.replay:
-            return tape.tape.replay(self)
-        if in_backward():
-            raise RuntimeError(
-                "a scan-mode SSMLoRA layer is being recomputed in backward (gradient checkpointing) without the "
-                "attention mask of its forward pass: enable checkpointing with ssmlora.enable_gradient_checkpointing"
-                "(model), or pass context_fn=ssmlora.ssm.checkpoint_context_fn to torch.utils.checkpoint"
-            )
-        holder = getattr(self._model[0], MASK_NAME, None) if self._model else None
-        mask = holder.mask if holder is not None else None
+        if in_backward():  # a recomputation: the holder was cleared when the forward pass ended
+            if not self._entries:
+                raise RuntimeError("a scan adapter attached without entry records is being recomputed in backward: "
+                                   "attach it with the model's LayerEntries (inject_adapters does)")
+            mask = self._entries[0].replay(self.layer, "mask")
+        else:
+            holder = getattr(self._model[0], MASK_NAME, None) if self._model else None
+            mask = holder.mask if holder is not None else None
         if mask is not None:
             if mask.shape != seq.shape[:2]:
                 raise RuntimeError(f"scan adapter: attention mask of shape {tuple(mask.shape)} does not match the "
                                    f"hidden states' (batch, seq) {tuple(seq.shape[:2])}")
             if bool(mask.bool().all()):
                 mask = None  # nothing to skip: the plain scan avoids the gather of pad-skipping
-        if tape is not None:
-            tape.tape.record(self, mask)
         return mask
 
     def extra_repr(self) -> str:

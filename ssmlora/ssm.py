@@ -34,11 +34,8 @@ The normalisation `N` (`AdapterConfig.norm`), with `R = max - min` of the token'
 Init: `Wa` ~ N(0, 1/r), `Wb = Wc = Wd = 0`, first state 0, so the adapted model starts as the frozen one.
 
 Gradient checkpointing recomputes a layer in backward, when the live state has moved on (later layers, or
-later forward passes before one backward). Each checkpointed call therefore records the entry state of every
-module it runs on its own `StateTape`, and the recomputation replays that tape: the tape belongs to that call's
-autograd graph, so any number of forwards may precede the backward. `checkpoint_context_fn` is the
-`context_fn` that `enable_gradient_checkpointing` gives `torch.utils.checkpoint`; a recomputation without a
-tape (checkpointing enabled some other way) raises instead of using a wrong state.
+later forward passes before one backward). The recomputed modules read the states their layer saw on entry in
+its own forward pass, from `ssmlora.recompute.LayerEntries`, and never write the bus a second time.
 
 Which matrices cannot learn: `Wc` multiplies the incoming state, so a `Wc` that only ever sees a zero state
 gets a zero gradient forever. In ``depth`` mode that is the first link of every chain (and the head, a chain
@@ -49,18 +46,12 @@ never learn.
 
 from __future__ import annotations
 
-import threading
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ssmlora.lora import AdapterLinear
-
-
-def in_backward() -> bool:
-    """True while autograd runs a backward pass: that is when gradient checkpointing recomputes a layer."""
-    return torch._C._current_graph_task_id() != -1
+from ssmlora.recompute import LayerEntries, in_backward
 
 
 def fit_to(state: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -89,67 +80,6 @@ def normalise(h: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
     raise ValueError(f"unknown norm {norm!r}: choose one of {', '.join(NORMS)}")
 
 
-class StateTape:
-    """The entry states of the SSMLoRA modules run inside one checkpointed call, in call order per module.
-
-    `recording` is entered around the call's forward, `replaying` around each recomputation of it (autograd
-    may recompute more than once, e.g. with `retain_graph=True`, so every entry replays from the start).
-    """
-
-    def __init__(self) -> None:
-        self._states: dict[nn.Module, list[torch.Tensor]] = {}
-        self._cursor: dict[nn.Module, int] = {}
-        self.recording = _TapeContext(self, replay=False)
-        self.replaying = _TapeContext(self, replay=True)
-
-    def record(self, module: nn.Module, state: torch.Tensor) -> None:
-        self._states.setdefault(module, []).append(state)
-
-    def replay(self, module: nn.Module) -> torch.Tensor:
-        i = self._cursor.get(module, 0)
-        states = self._states.get(module, [])
-        if i >= len(states):
-            raise RuntimeError("gradient checkpointing recomputed an SSMLoRA module more often than the forward ran it")
-        self._cursor[module] = i + 1
-        return states[i]
-
-
-class _TapeContext:
-    """Re-enterable: pushes its tape on this thread's stack for the duration of the block."""
-
-    _local = threading.local()
-
-    def __init__(self, tape: StateTape, replay: bool):
-        self.tape, self.replay = tape, replay
-
-    @classmethod
-    def stack(cls) -> list["_TapeContext"]:
-        if not hasattr(cls._local, "stack"):
-            cls._local.stack = []
-        return cls._local.stack
-
-    def __enter__(self) -> "_TapeContext":
-        if self.replay:
-            self.tape._cursor = {}
-        self.stack().append(self)
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self.stack().pop()
-        return False
-
-
-def checkpoint_context_fn() -> tuple[_TapeContext, _TapeContext]:
-    """`context_fn` for `torch.utils.checkpoint` (non-reentrant): a fresh tape for every checkpointed call."""
-    tape = StateTape()
-    return tape.recording, tape.replaying
-
-
-def _active_tape() -> _TapeContext | None:
-    stack = _TapeContext.stack()
-    return stack[-1] if stack else None
-
-
 class SSMStateBus(nn.Module):
     """Holds the SSMLoRA states of one model: the latest state emitted on every chain key.
 
@@ -158,10 +88,11 @@ class SSMStateBus(nn.Module):
     `state_dict()`, because their shape follows the last batch.
     """
 
-    def __init__(self, mode: str, keys: list[str]):
+    def __init__(self, mode: str, keys: list[str], layer_keys: dict[int, list[str]] | None = None):
         super().__init__()
         self.mode = mode
         self.keys = list(dict.fromkeys(keys))
+        self.layer_keys = layer_keys or {}  # transformer layer -> the chain keys its modules read
         for i, _ in enumerate(self.keys):
             self.register_buffer(self._buffer(i), torch.empty(0), persistent=False)
 
@@ -169,7 +100,15 @@ class SSMStateBus(nn.Module):
         return f"state_{i}"
 
     def read(self, key: str, like: torch.Tensor) -> torch.Tensor:
-        state = getattr(self, self._buffer(self.keys.index(key)))
+        return self.fit(getattr(self, self._buffer(self.keys.index(key))), like)
+
+    def layer_entry(self, layer: int) -> dict[str, torch.Tensor]:
+        """The states on the chains that `layer` reads, as they are now (for `LayerEntries`)."""
+        return {key: getattr(self, self._buffer(self.keys.index(key))) for key in self.layer_keys.get(layer, ())}
+
+    @staticmethod
+    def fit(state: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """A stored state made ready to use against `like` (zeros when there is none yet)."""
         if not state.numel():
             return torch.zeros(like.shape, device=like.device)
         if state.is_inference() and not torch.is_inference_mode_enabled():
@@ -214,14 +153,18 @@ class SSMLoRALinear(AdapterLinear):
         self.Wb = nn.Parameter(torch.zeros(r, self.out_features, **kw))
         self.Wc = nn.Parameter(torch.zeros(r, r, **kw))
         self.Wd = nn.Parameter(torch.zeros(r, r, **kw))
-        # Set by `attach`: where this module sits on its state chain.
+        # Set by `attach`: where this module sits on its state chain, and in which transformer layer.
         self.chain_key: str | None = None
         self.chain_pos = 0
-        self._bus: list[SSMStateBus] = []  # a list keeps the shared bus out of this module's children
+        self.layer: int | None = None
+        # Lists keep the shared bus and entry records out of this module's children.
+        self._bus: list[SSMStateBus] = []
+        self._entries: list[LayerEntries] = []
 
-    def attach(self, bus: SSMStateBus, key: str, position: int) -> None:
-        self._bus = [bus]
-        self.chain_key, self.chain_pos = key, position
+    def attach(self, bus: SSMStateBus, key: str, position: int, layer: int | None = None,
+               entries: LayerEntries | None = None) -> None:
+        self._bus, self._entries = [bus], [entries] if entries is not None else []
+        self.chain_key, self.chain_pos, self.layer = key, position, layer
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         u = F.linear(self._adapter_input(x), self.Wa.t())
@@ -236,22 +179,14 @@ class SSMLoRALinear(AdapterLinear):
         return F.linear(mixed * self.scaling, self.Wb.t())
 
     def _incoming_state(self, u: torch.Tensor) -> torch.Tensor:
-        tape = _active_tape()
-        if tape is not None and tape.replay:
-            return tape.tape.replay(self)
         if not self._bus or (self._bus[0].mode == "depth" and self.chain_pos == 0):
-            state = torch.zeros(u.shape, dtype=torch.float32, device=u.device)
-        elif in_backward():
-            raise RuntimeError(
-                "an SSMLoRA layer is being recomputed in backward (gradient checkpointing) without the state it saw "
-                "in its forward pass: enable checkpointing with ssmlora.enable_gradient_checkpointing(model), or pass "
-                "context_fn=ssmlora.ssm.checkpoint_context_fn to torch.utils.checkpoint (use_reentrant=False)"
-            )
-        else:
-            state = self._bus[0].read(self.chain_key, u).float()
-        if tape is not None:
-            tape.tape.record(self, state)
-        return state
+            return torch.zeros(u.shape, dtype=torch.float32, device=u.device)
+        if not in_backward():
+            return self._bus[0].read(self.chain_key, u).float()
+        if not self._entries:
+            raise RuntimeError("an SSMLoRA layer attached without entry records is being recomputed in backward: "
+                               "attach it with the model's LayerEntries (inject_adapters does)")
+        return SSMStateBus.fit(self._entries[0].replay(self.layer, self.chain_key), u).float()
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, norm={self.norm}, chain={self.chain_key}[{self.chain_pos}]"

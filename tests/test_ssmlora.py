@@ -186,47 +186,6 @@ def test_carry_state_is_saved_and_loaded(tmp_path):
         assert torch.equal(loaded(input_ids=ids).logits, expected)
 
 
-def _summed_grads(model, batches):
-    """One backward through the summed losses of several forward passes (R-Drop, pairwise losses)."""
-    model.zero_grad(set_to_none=True)
-    loss = sum(model(input_ids=ids, labels=ids[:, 0] % 3).loss for ids in batches)
-    loss.backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _checkpointing_on(model):
-    return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
-
-
-@pytest.mark.parametrize("passes", [2, 3])
-@pytest.mark.parametrize("mode", ["depth", "carry"])
-@pytest.mark.parametrize("family", ["llama", "bert"])
-def test_gradient_checkpointing_gives_the_same_gradients(family, mode, passes):
-    batches = [tiny_batch(2, 10, seed=s) for s in range(passes)]
-    plain = _ssm_model(family, mode).train()
-    checkpointed = _ssm_model(family, mode).train()
-    enable_gradient_checkpointing(checkpointed)
-    assert _checkpointing_on(checkpointed) and not _checkpointing_on(plain)
-    expected, got = _summed_grads(plain, batches), _summed_grads(checkpointed, batches)
-    assert expected.keys() == got.keys()
-    for name, want in expected.items():
-        scale = want.abs().max().item()
-        assert scale > 0 or name.endswith("Wc"), name  # only a first link's Wc may have seen zero states only
-        torch.testing.assert_close(got[name], want, rtol=1e-4, atol=1e-4 * scale, msg=name)
-    if mode == "carry":  # the carried state advanced once per pass, not once more per recomputation
-        for key, state in plain.ssm_state.states().items():
-            torch.testing.assert_close(checkpointed.ssm_state.states()[key], state, msg=key)
-
-
-def test_checkpointing_without_the_state_tape_fails_loudly():
-    model = _ssm_model("llama", "carry").train()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # no context_fn
-    ids = tiny_batch(2, 6)
-    loss = model(input_ids=ids, labels=ids[:, 0] % 3).loss
-    with pytest.raises(RuntimeError, match="enable_gradient_checkpointing"):
-        loss.backward()
-
-
 @pytest.mark.parametrize("checkpointing", [False, True])
 @pytest.mark.parametrize("method, mode", [("lora", "depth"), ("ssmlora", "depth"), ("ssmlora", "carry")])
 def test_inference_mode_forward_then_training_steps(method, mode, checkpointing):

@@ -277,7 +277,7 @@ def load_backbone(
     if pooling == "mean" or (pooling == "auto" and sentence_transformers_pooling(info.path) == "mean"):
         info.pooling = "mean" if use_mean_pooling(model) else "model"
     if gradient_checkpointing:
-        enable_gradient_checkpointing(model)  # with the context SSMLoRA's recompute needs
+        enable_gradient_checkpointing(model)  # Hugging Face's switch; works for every adapter method
     info.attn_impl = getattr(model.config, "_attn_implementation", None) or attn
     info.max_len = max(max_len, info.native_max_len)
     return model, info
