@@ -163,3 +163,56 @@ def test_lora_is_untouched():
     enable_gradient_checkpointing(model)
     _assert_same_grads(_grads(plain, _batches(2)), _grads(model, _batches(2)))
 
+
+class _GradientLog:
+    """A Trainer callback that keeps every trainable gradient just before each optimizer step."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        log = self.steps = []
+
+        class Callback(TrainerCallback):
+            def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+                log.append([(n, p.grad.clone()) for n, p in model.named_parameters() if p.requires_grad])
+
+        self.callback = Callback()
+
+
+def _trainer_run(tmp_path, mode, gradient_checkpointing, use_reentrant):
+    from transformers import Trainer, TrainingArguments
+
+    model = inject_adapters(tiny_model("llama"), AdapterConfig(method="ssmlora", ssm_mode=mode, dropout=0.1))
+    model.config.use_cache = False
+    rows = []
+    for ids, mask in _batches(3):  # padded rows of three lengths
+        for b in range(ids.shape[0]):
+            rows.append({"input_ids": ids[b, :10], "attention_mask": mask[b, :10], "labels": ids[b, 0] % 3})
+    args = TrainingArguments(
+        output_dir=str(tmp_path / f"gc{int(gradient_checkpointing)}"), per_device_train_batch_size=3, max_steps=3,
+        learning_rate=1e-2, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0,
+        dataloader_num_workers=0, gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": use_reentrant}, disable_tqdm=True,
+    )
+    grads = _GradientLog()
+    trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[grads.callback])
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    on = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    return losses, grads.steps, on
+
+
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing.* is deprecated:FutureWarning")
+@pytest.mark.parametrize("mode, use_reentrant", [("depth", False), ("carry", False), ("scan", False),
+                                                 ("carry", True)])
+def test_trainer_with_gradient_checkpointing_matches_the_run_without(tmp_path, mode, use_reentrant):
+    """`transformers.Trainer(gradient_checkpointing=True)`, adapter dropout on: same losses and gradients at
+    every step as the same run without checkpointing (the checkpoint replays the dropout masks too)."""
+    losses, steps, on = _trainer_run(tmp_path, mode, False, use_reentrant)
+    ck_losses, ck_steps, ck_on = _trainer_run(tmp_path, mode, True, use_reentrant)
+    assert ck_on and not on
+    assert len(losses) == len(ck_losses) == 3 and len(steps) == len(ck_steps) == 3
+    assert ck_losses == pytest.approx(losses, rel=1e-5)
+    for want, got in zip(steps, ck_steps):
+        _assert_same_grads(want, got, from_init=True)
+    assert sum(bool(g.abs().max() > 0) for _, g in steps[-1]) > len(steps[-1]) // 2  # the adapters did train
