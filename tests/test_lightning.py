@@ -81,6 +81,8 @@ def test_same_seed_same_accuracy_on_cpu(tiny_bert, tmp_path, monkeypatch):
     first = _run_tiny_cell(tiny_bert, tmp_path / "a", monkeypatch)
     second = _run_tiny_cell(tiny_bert, tmp_path / "b", monkeypatch)
     assert first["status"] == "ok" and first["n_test"] == 20
+    # this test process has computed before, so it must not fork a memory pass: the cell measures in its run
+    assert first["memory_pass_s"] is None and first["train_peak_mb"] > 0
     assert first["accuracy"] == second["accuracy"] and first["macro_f1"] == second["macro_f1"]
     loss = lambda d: (d / "metrics.csv").read_text().split("\n")[1:6]  # noqa: E731
     assert loss(tmp_path / "a") == loss(tmp_path / "b")

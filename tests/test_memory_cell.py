@@ -34,6 +34,7 @@ def test_train_peak_is_the_same_with_cold_and_warm_caches(tmp_path, monkeypatch)
     cold = run_cell_in_process(cell, tmp_path / "cold", tmp_path / "probe")
     warm = run_cell_in_process(cell, tmp_path / "warm", tmp_path / "probe")
     assert cold["status"] == warm["status"] == "ok"
+    assert cold["memory_pass_s"] > 0 and warm["memory_pass_s"] > 0  # figures from a forked pass, not the timed run
     assert cold["phases"]["data_build_rise_mb"] > 50 and "data_build_rise_mb" not in warm["phases"]
     assert cold["build_peak_mb"] > warm["build_peak_mb"] + 50  # the cold cell's figure carries the build
     gap = abs(cold["train_peak_mb"] - warm["train_peak_mb"])

@@ -6,7 +6,7 @@ rate already resolved. `run_cell` returns the cell's fields of the results row (
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import hashlib
 import os
 import time
@@ -26,8 +26,10 @@ from ssmlora.inject import count_parameters, enable_gradient_checkpointing, inje
 from ssmlora.lab.backbone import ModelConfig, load_backbone, resolve_model_path
 from ssmlora.lab.data import DataConfig, SealedSplit, TaskDataModule, build_splits
 from ssmlora.lab.extrapolate import longest_length, score_longer
-from ssmlora.lab.memory import (PhaseMeter, configure_allocator_for_measurement, measure_activations,
-                                memory_decomposition, process_peak, synthetic_batch)
+from ssmlora.lab.cell_memory import (EVAL_BATCHES, MEMORY_STEPS, count_memory, memory_pass_apart, phase_columns,
+                                     process_memory)
+from ssmlora.lab.forked import run_forked
+from ssmlora.lab.memory import PhaseMeter, configure_allocator_for_measurement
 from ssmlora.lab.module import AdapterClassifier, OptimConfig
 from ssmlora.lab.predictions import doc_ids, gather_predictions, predictions_file, write_predictions
 from ssmlora.lab.probe import init_head_from_probe, probe_predictions
@@ -73,35 +75,41 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     """
     start = time.perf_counter()
     cell_dir = Path(cell_dir)
+    probe_root = Path(probe_dir or cell_dir.parent)
     quiet_libraries(cfg.runtime.verbose)
     torch.set_num_threads(cfg.runtime.torch_threads())
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    effective, micro, accumulate = cfg.batch_plan()
-    configure_allocator_for_measurement()  # freed tensors leave RSS at once: each phase is measured on its own
+    _, micro, accumulate = cfg.batch_plan()
     device = cell_device(cfg)
-    phases: dict = {}
-    with PhaseMeter("build", "cpu", phases):  # data and backbone are built on the host
-        data, labels, pad_id, model, info = build_cell(cfg, phases)
+    # Where the memory figures come from: a forked pass of their own, so that the timed run below keeps glibc's
+    # own allocator settings (ssmlora.lab.cell_memory); or this run (GPU, several ranks); a selection cell has none.
+    memory, memory_s = None, None
+    if not cfg.tuning and memory_pass_apart(cfg):
+        memory = run_forked(measure_memory, cfg, probe_root)
+        memory_s = time.perf_counter() - start
+    in_run = not cfg.tuning and memory is None
+    if in_run:
+        configure_allocator_for_measurement()  # freed tensors leave RSS at once: each phase is measured on its own
+    phases: dict = memory["phases"] if memory else {}
+    meter = (lambda phase, on: PhaseMeter(phase, on, phases)) if in_run else (lambda *_: contextlib.nullcontext())
+    with meter("build", "cpu"):  # data and backbone are built on the host
+        data, labels, pad_id, model, info = build_cell(cfg, phases if in_run else {})
     if cfg.tuning:  # selection reads validation only: a test read anywhere below raises SealedSplitError
         data["test"] = SealedSplit("learning-rate tuning")
     if cfg.runtime.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     counts = count_parameters(model)
     probe, probe_rows = {}, []
-    with PhaseMeter("probe", device, phases):
+    with meter("probe", device):
         if cfg.optim.head_init == "probe":
-            probe_root = Path(probe_dir or cell_dir.parent)
-            probe = fit_head_by_probe(cfg, model, data["train"], pad_id,
-                                      probe_root / f"L{cfg.max_len}-s{cfg.seed}.safetensors")
+            probe = fit_head_by_probe(cfg, model, data["train"], pad_id, probe_root)
             if not cfg.tuning:  # the probe alone on the test documents: the reference fine-tuning must beat
                 probe_rows = probe_predictions(model, data["test"], 2 * cfg.batch_plan()[1], cfg.runtime.precision,
                                                pad_id, cache=probe_root / f"L{cfg.max_len}-test.safetensors",
                                                write_cache=is_rank_zero())
                 probe["probe_accuracy"] = sum(r["label"] == r["prediction"] for r in probe_rows) / len(probe_rows)
-    counted = count_memory(cfg, model, micro, device)
-    steps = cfg.optim.max_steps
-    if cfg.optim.epochs > 0:  # the schedule needs the step count up front
-        steps = cfg.optim.epochs * max(1, len(data["train"]) // effective)
+    counted = count_memory(cfg, model, micro, device) if in_run else memory["counted"] if memory else {}
+    steps = total_steps(cfg, data)
     module = AdapterClassifier(model, len(labels), cfg.optim, lr=cfg.lr, max_steps=steps)
     speed = ThroughputCallback(warmup_steps=1 if steps > 2 else 0)
     callbacks = [speed, StepProgressBar()]
@@ -109,22 +117,14 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     if validate:
         callbacks.append(ModelCheckpoint(dirpath=str(cell_dir / "checkpoints"), monitor="val_acc", mode="max",
                                          save_top_k=1, save_weights_only=True))
-    rt = cfg.runtime
-    trainer = L.Trainer(
-        accelerator=rt.accelerator, devices=rt.devices, num_nodes=rt.num_nodes, strategy=make_strategy(rt),
-        precision=rt.precision, max_steps=steps, max_epochs=-1, accumulate_grad_batches=accumulate,
-        gradient_clip_val=cfg.optim.grad_clip, logger=CSVLogger(str(cell_dir), name="", version=""),
-        callbacks=callbacks, enable_checkpointing=validate, limit_val_batches=1.0 if validate else 0,
-        val_check_interval=cfg.optim.val_every * accumulate if validate else None, check_val_every_n_epoch=None,
-        num_sanity_val_steps=0, log_every_n_steps=1, enable_model_summary=False, use_distributed_sampler=False,
-        default_root_dir=str(cell_dir),
-    )
+    trainer = make_trainer(cfg, steps, callbacks, logger=CSVLogger(str(cell_dir), name="", version=""),
+                           validate=validate, default_root_dir=str(cell_dir))
     dm = TaskDataModule(data, micro, cfg.seed, pad_id)
     module.train()  # from_pretrained returns eval mode; adapter and hidden dropout must be live in training
     # Training's randomness (dropout) starts from the seed alone, whatever ran before: a cold or warm cache, the
     # probe, the memory count, the longest eval length.
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    with PhaseMeter("train", device, phases):  # validation during fit included
+    with meter("train", device):  # validation during fit included
         trainer.fit(module, datamodule=dm)
     best = trainer.checkpoint_callback.best_model_path if validate and trainer.checkpoint_callback else ""
     if cfg.tuning:
@@ -137,10 +137,10 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     # The checkpoint holds weights only; a carried SSMLoRA state is whatever training left, and the test batches
     # move it on. Keep the state the test starts from, so the saved adapter re-scores to the reported numbers.
     state = ssm_state_snapshot(model)
-    with PhaseMeter("eval", device, phases):
+    with meter("eval", device):
         scores = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)[0]
     test_s = time.perf_counter() - test_start
-    flops_dtype = torch.float32 if rt.precision == "32" else torch.bfloat16
+    flops_dtype = torch.float32 if cfg.runtime.precision == "32" else torch.bfloat16
     mem, rates, ranks = reduce_cell_figures(trainer, model, process_memory(device), speed, flops_dtype)
     predictions = gather_predictions(trainer, module.predictions)
     if trainer.is_global_zero:
@@ -166,6 +166,7 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
         "attn_impl": info.attn_impl,
         "test_s": test_s,
         "fit_s": test_start - start,
+        "memory_pass_s": memory_s,  # the memory figures' own pass, part of fit_s and wall_s (None: measured in the run)
         "micro_batch": micro,
         "accumulate": accumulate,
         "world_size": trainer.world_size,
@@ -176,6 +177,63 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     }
 
 
+def total_steps(cfg: CellConfig, data) -> int:
+    """Optimizer steps of the cell's training (`epochs` needs the step count up front for the schedule)."""
+    if cfg.optim.epochs > 0:
+        return cfg.optim.epochs * max(1, len(data["train"]) // cfg.batch_plan()[0])
+    return cfg.optim.max_steps
+
+
+def make_trainer(cfg: CellConfig, steps: int, callbacks: list, logger=False, validate: bool = False,
+                 **kwargs) -> L.Trainer:
+    """The cell's Lightning Trainer: its devices, strategy, precision, accumulation and clipping."""
+    rt, accumulate = cfg.runtime, cfg.batch_plan()[2]
+    return L.Trainer(
+        accelerator=rt.accelerator, devices=rt.devices, num_nodes=rt.num_nodes, strategy=make_strategy(rt),
+        precision=rt.precision, max_steps=steps, max_epochs=-1, accumulate_grad_batches=accumulate,
+        gradient_clip_val=cfg.optim.grad_clip, logger=logger, callbacks=callbacks, enable_checkpointing=validate,
+        limit_val_batches=1.0 if validate else 0,
+        val_check_interval=cfg.optim.val_every * accumulate if validate else None, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, log_every_n_steps=1, enable_model_summary=False, use_distributed_sampler=False,
+        **kwargs,
+    )
+
+
+def measure_memory(cfg: CellConfig, probe_root: Path) -> dict:
+    """The cell's memory figures from a short pass of its own, under the measurement allocator: the build, the
+    probe's head fit, one optimizer step and one micro-batch more, and `EVAL_BATCHES` validation batches, each a
+    phase, and the counted decomposition (ssmlora.lab.cell_memory). Run in a forked child (`run_forked`), where
+    the allocator setting stays. The test split is not read. Returns {"phases": ..., "counted": ...}."""
+    configure_allocator_for_measurement()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    device, micro = cell_device(cfg), cfg.batch_plan()[1]
+    phases: dict = {}
+    with PhaseMeter("build", "cpu", phases):
+        data, labels, pad_id, model, _ = build_cell(cfg, phases)
+    if cfg.runtime.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    with PhaseMeter("probe", device, phases):
+        if cfg.optim.head_init == "probe":
+            fit_head_by_probe(cfg, model, data["train"], pad_id, probe_root)
+    counted = count_memory(cfg, model, micro, device)
+    steps = total_steps(cfg, data)
+    module = AdapterClassifier(model, len(labels), cfg.optim, lr=cfg.lr, max_steps=steps)
+    # The peak needs AdamW's state, made by the first optimizer step, and one micro-batch's backward after it.
+    steps, accumulate = min(steps, MEMORY_STEPS), cfg.batch_plan()[2]
+    trainer = make_trainer(cfg, steps, [], enable_progress_bar=False,
+                           limit_train_batches=accumulate * (steps - 1) + 1)
+    dm = TaskDataModule(data, micro, cfg.seed, pad_id)
+    module.train()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    with PhaseMeter("train", device, phases):
+        trainer.fit(module, datamodule=dm)
+    if len(data.get("validation") or ()) > 0:
+        trainer.limit_val_batches = EVAL_BATCHES
+        with PhaseMeter("eval", device, phases):
+            trainer.validate(module, datamodule=dm, verbose=False)
+    return {"phases": phases, "counted": counted}
+
+
 def cell_device(cfg: CellConfig) -> torch.device:
     """The device this process trains on (the rank's own GPU under DDP)."""
     if cfg.runtime.uses_gpu():
@@ -183,65 +241,9 @@ def cell_device(cfg: CellConfig) -> torch.device:
     return torch.device("cpu")
 
 
-_AUTOCAST = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
-
-
-def count_memory(cfg: CellConfig, model, micro: int, device: torch.device) -> dict:
-    """The counted decomposition of this cell's training step (ssmlora.lab.memory), in MiB.
-
-    Weights, gradients and AdamW state from shapes; activations from one forward of a copy of the model at
-    micro-batch 1 and the cell's L (a full-length synthetic sequence, no padding) with the saved-tensor counter.
-    The copy and a forked RNG leave the model, its SSM state and the training's random stream untouched.
-    `activations_mb` = autocast weight copies + micro-batch x per-sequence bytes: one micro-batch's graph.
-    """
-    fixed = memory_decomposition(model, "adamw")
-    forked = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=forked):
-        twin = copy.deepcopy(model).to(device).train()
-        acts = measure_activations(twin, synthetic_batch(twin, cfg.max_len, 1, device), _AUTOCAST[cfg.runtime.precision])
-        del twin
-    return {"weights_frozen_mb": fixed["weights_frozen_mb"] + fixed["buffers_mb"],
-            "weights_trainable_mb": fixed["weights_trainable_mb"], "grads_mb": fixed["grads_mb"],
-            "optimizer_mb": fixed["optimizer_mb"],
-            "activations_mb": acts["weight_copies_mb"] + micro * acts["activations_mb_per_seq"],
-            "activations_mb_per_seq": acts["activations_mb_per_seq"]}
-
-
-def phase_columns(phases: dict, counted: dict, device: torch.device) -> dict:
-    """The results.csv memory columns of the phases and the counted decomposition (docs/sweep.md).
-
-    CUDA: a phase's figure is its max allocated (every live tensor, weights included); CPU: the rise of RSS
-    over the phase's start (weights were resident before training, so they are not part of it). The
-    unexplained remainder subtracts from the training figure what that figure contains of the count.
-    """
-    cuda = device.type == "cuda"
-    figure = (lambda p: phases.get(f"{p}_peak_mb")) if cuda else (lambda p: phases.get(f"{p}_rise_mb"))
-    train = figure("train")
-    dynamic = counted["grads_mb"] + counted["optimizer_mb"] + counted["activations_mb"]
-    weights = counted["weights_frozen_mb"] + counted["weights_trainable_mb"]
-    explained = dynamic + (weights if cuda else 0.0)
-    return {"train_peak_mb": train, "eval_peak_mb": figure("eval"), "probe_peak_mb": figure("probe"),
-            "build_peak_mb": None if "build_rise_mb" not in phases else  # the cache's builder is a child process
-            phases["build_rise_mb"] + phases.get("data_build_rise_mb", 0.0),
-            "train_reserved_mb": phases.get("train_reserved_peak_mb"),
-            "eval_reserved_mb": phases.get("eval_reserved_peak_mb"),
-            "mem_basis": "cuda_max_allocated" if cuda else "cpu_rss_rise",
-            **counted, "unexplained_mb": None if train is None else train - explained}
-
-
-def process_memory(device: torch.device) -> dict:
-    """Whole-process peak of the cell's process since it started, every phase included (ssmlora.lab.memory)."""
-    peak = process_peak(device)
-    if device.type == "cuda":
-        return {"peak_mem_mb": peak["process_peak_cuda_allocated_mb"],
-                "peak_reserved_mb": peak["process_peak_cuda_reserved_mb"],
-                "mem_includes": "whole process, CUDA max allocated: data build, probe, train, eval"}
-    return {"peak_mem_mb": peak["process_peak_rss_mb"], "peak_reserved_mb": None,
-            "mem_includes": "whole process, peak RSS: runtime, libraries, data build, probe, train, eval"}
-
-
-def fit_head_by_probe(cfg: CellConfig, model, train, pad_id: int, cache: Path) -> dict:
-    """LP-FT's first stage (ssmlora/lab/probe.py) with the features cached in `cache`."""
+def fit_head_by_probe(cfg: CellConfig, model, train, pad_id: int, probe_root: Path) -> dict:
+    """LP-FT's first stage (ssmlora/lab/probe.py) with the features cached in `probe_root` per length and seed."""
+    cache = probe_root / f"L{cfg.max_len}-s{cfg.seed}.safetensors"
     if cfg.runtime.uses_gpu():  # the Trainer would move it there anyway; the probe's forwards should run there too
         model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0)))
     micro = cfg.batch_plan()[1]

@@ -281,9 +281,9 @@ def configure_allocator_for_measurement(mmap_threshold: int = MMAP_THRESHOLD) ->
     count in RSS. SSMLoRA's rank-8 per-token tensors are 128 KiB at 4096 tokens; at a 512 KiB threshold its
     training rise at 4096 was 8.1 MiB above what its count explains relative to LoRA's (442.4 against 458.3
     MiB, counted 399.4 against 423.6), at 64 KiB 1.3 MiB (433.8 against 456.7). The price: the CPU
-    flash-attention kernels' block buffers (just under 512 KiB) become a fresh mmap each, so a cell's step at
-    4096 is 1.33-1.42x slower than at 512 KiB. `ssmlora.lab.frontier.FRONTIER_MMAP_THRESHOLD` takes the other
-    side of that trade. Returns False where glibc is absent (musl, macOS, Windows): harmless.
+    flash-attention kernels' block buffers (just under 512 KiB) become a fresh mmap each, so a step at 4096 is
+    1.33-1.42x slower than at 512 KiB; a cell therefore sets it only in its memory pass, a forked child
+    (ssmlora.lab.cell_memory). `ssmlora.lab.frontier.FRONTIER_MMAP_THRESHOLD` takes the other side of the trade. Returns False where glibc is absent (musl, macOS, Windows): harmless.
     """
     mallopt = getattr(_LIBC, "mallopt", None)
     return bool(mallopt and mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1)

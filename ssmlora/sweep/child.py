@@ -24,6 +24,9 @@ def run_child(cfg_blob: bytes, cell_dir: str, probe_dir: str | None, parent: int
     if env:
         os.environ.update(env)  # before Lightning reads them: this process is one torchrun-style rank
     exit_when_orphaned(parent)
+    from ssmlora.lab.forked import declare_fresh_process  # standard library only
+
+    declare_fresh_process()  # nothing has computed here yet: the cell may fork its memory pass
     from ssmlora.lab.cell import run_cell_safely  # heavy: deliberately after the watch started
 
     result = run_cell_safely(pickle.loads(cfg_blob), Path(cell_dir), probe_dir)
