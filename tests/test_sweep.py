@@ -109,6 +109,13 @@ def _bad(env, tmp_path, case) -> list[str]:
         (tmp_path / "s" / "config.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION,
                                                                 "identity": other.identity()}))
         return tiny_args(env, tmp_path)
+    if case == "memory":  # a folder written before the memory figures had a pass of their own
+        (tmp_path / "s").mkdir()
+        same = SweepConfig.from_flat(model=str(env["bert"]), max_steps=2, tokens_per_step=256, lr={"*": 5e-3},
+                                     **SIZES).identity()
+        del same["memory_protocol"]
+        (tmp_path / "s" / "config.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, "identity": same}))
+        return tiny_args(env, tmp_path)
     if case == "results":
         (tmp_path / "s").mkdir()
         (tmp_path / "s" / "results.csv").write_text("task,acc\nx,1\n")
@@ -122,6 +129,7 @@ def _bad(env, tmp_path, case) -> list[str]:
     ("length", "beyond what"),
     ("out", "cannot write to the output folder"),
     ("config", "different configuration (differs in: --lr)"),
+    ("memory", "memory figures were measured within the timed run"),
     ("results", "lacks columns"),
 ])
 def test_bad_input_is_one_clear_line_before_training(env, tmp_path, capsys, case, message):

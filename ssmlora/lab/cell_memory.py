@@ -23,6 +23,9 @@ import torch
 from ssmlora.lab.forked import can_fork
 from ssmlora.lab.memory import measure_activations, memory_decomposition, process_peak, synthetic_batch
 
+# How the memory figures are taken, part of a sweep's identity: rows of different protocols are not comparable.
+# 1: within the timed run (ssmlora up to 0.1.0 at 626a879); 2: a pass of its own (on the CPU, one process per cell).
+MEMORY_PROTOCOL = 2
 MEMORY_STEPS = 2  # optimizer steps of the memory pass: the second is one micro-batch long (see above)
 EVAL_BATCHES = 2  # validation batches of the memory pass's eval phase (one batch sets the peak; two for safety)
 

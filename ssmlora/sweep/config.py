@@ -16,6 +16,7 @@ from pathlib import Path
 from ssmlora.config import AdapterConfig
 from ssmlora.lab.backbone import ModelConfig
 from ssmlora.lab.cell import CellConfig
+from ssmlora.lab.cell_memory import MEMORY_PROTOCOL
 from ssmlora.lab.data import DataConfig
 from ssmlora.lab.module import OptimConfig
 from ssmlora.lab.runtime import RuntimeConfig, batch_plan
@@ -72,6 +73,7 @@ class SweepConfig:
             skip = set(getattr(section, "NOT_IDENTITY", ())) | {f for sec, f in NOT_FLAT if sec == s}
             out[s] = {k: v for k, v in asdict(section).items() if k not in skip}
         out["runtime"]["device"] = self.runtime.device_type()  # `auto` on a CPU and on a GPU are two sweeps
+        out["memory_protocol"] = MEMORY_PROTOCOL
         return json.loads(json.dumps(out))  # tuples become lists, as they read back from config.json
 
     def identity_hash(self) -> str:

@@ -214,6 +214,12 @@ def check_existing(cfg: SweepConfig, folder: Path, repair: bool = False, warn=No
                              f"{old.get('schema_version')}, this one writes {SCHEMA_VERSION}); use another --name "
                              f"or --out")
         mine = cfg.identity()
+        protocol = (old.get("identity") or {}).get("memory_protocol", 1)
+        if protocol != mine["memory_protocol"]:
+            raise SweepError(f"{folder} holds a sweep whose memory figures were measured within the timed run, by "
+                             f"an earlier ssmlora (memory protocol {protocol}); this one measures them in a pass of "
+                             f"their own (protocol {mine['memory_protocol']}), so their rows cannot share a table. "
+                             "Leave out --name to run in this version's own folder, or use another --name or --out")
         if old.get("identity") != mine:
             theirs = old.get("identity") or {}
             changed = [flag(k) for s in SECTIONS for k in mine[s] if (theirs.get(s) or {}).get(k) != mine[s][k]]
