@@ -108,7 +108,11 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
                                                pad_id, cache=probe_root / f"L{cfg.max_len}-test.safetensors",
                                                write_cache=is_rank_zero())
                 probe["probe_accuracy"] = sum(r["label"] == r["prediction"] for r in probe_rows) / len(probe_rows)
-    counted = count_memory(cfg, model, micro, device) if in_run else memory["counted"] if memory else {}
+    counted = {}  # a selection cell reports no memory
+    if memory:
+        counted = memory["counted"]
+    elif in_run:
+        counted = count_memory(cfg, model, micro, device)
     steps = total_steps(cfg, data)
     module = AdapterClassifier(model, len(labels), cfg.optim, lr=cfg.lr, max_steps=steps)
     speed = ThroughputCallback(warmup_steps=1 if steps > 2 else 0)
@@ -216,12 +220,11 @@ def measure_memory(cfg: CellConfig, probe_root: Path) -> dict:
         if cfg.optim.head_init == "probe":
             fit_head_by_probe(cfg, model, data["train"], pad_id, probe_root)
     counted = count_memory(cfg, model, micro, device)
-    steps = total_steps(cfg, data)
-    module = AdapterClassifier(model, len(labels), cfg.optim, lr=cfg.lr, max_steps=steps)
+    module = AdapterClassifier(model, len(labels), cfg.optim, lr=cfg.lr, max_steps=total_steps(cfg, data))
     # The peak needs AdamW's state, made by the first optimizer step, and one micro-batch's backward after it.
-    steps, accumulate = min(steps, MEMORY_STEPS), cfg.batch_plan()[2]
-    trainer = make_trainer(cfg, steps, [], enable_progress_bar=False,
-                           limit_train_batches=accumulate * (steps - 1) + 1)
+    measured_steps = min(total_steps(cfg, data), MEMORY_STEPS)
+    trainer = make_trainer(cfg, measured_steps, [], enable_progress_bar=False,
+                           limit_train_batches=cfg.batch_plan()[2] * (measured_steps - 1) + 1)
     dm = TaskDataModule(data, micro, cfg.seed, pad_id)
     module.train()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
