@@ -57,3 +57,37 @@ def test_a_child_that_dies_is_reported_with_its_signal():
     declare_fresh_process()
     with pytest.raises(ForkedChildError, match="died \\(killed by signal 9\\).*out-of-memory killer"):
         run_forked(_die)
+
+
+_SEMAPHORE_SCRIPT = """
+import multiprocessing as mp
+from ssmlora.lab.forked import declare_fresh_process, run_forked
+
+HELD = []
+
+def keep_a_named_semaphore():
+    HELD.append(mp.get_context().RLock())  # what tqdm does on first use; named under the spawn start method
+    return HELD[-1]._semlock.name
+
+if __name__ == "__main__":
+    mp.set_start_method("spawn", force=True)  # as in a sweep's cell process
+    parents = mp.get_context().Lock()  # made before the fork: the child must leave it alone
+    declare_fresh_process()
+    print(run_forked(keep_a_named_semaphore))
+    with parents:
+        pass
+"""
+
+
+def test_a_child_leaves_no_semaphore_behind_and_its_parents_intact(tmp_path):
+    """`os._exit` skips multiprocessing's finalizers; without them the resource tracker warns of leaked semaphores
+    when the sweep ends. The run waits for the tracker too: it holds the captured stderr open until it exits."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "semaphores.py"
+    script.write_text(_SEMAPHORE_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith("/mp-")  # the child did make a named semaphore
+    assert "leaked semaphore" not in done.stderr and "resource_tracker" not in done.stderr, done.stderr

@@ -9,6 +9,7 @@ once (`can_fork`); a sweep's cell process does, an interactive session or a test
 
 from __future__ import annotations
 
+import multiprocessing.util
 import os
 import pickle
 import sys
@@ -29,6 +30,21 @@ def can_fork() -> bool:
     """Whether `run_forked` may run a computing child here: fork exists and this process declared itself fresh
     and has not forked since (a forked child is not fresh either: the pid differs)."""
     return hasattr(os, "fork") and _FRESH_PID == os.getpid()
+
+
+def exit_now(code: int) -> None:
+    """Leave this process at once (`os._exit`), skipping the interpreter's teardown, which a forked child must not
+    run (it would replay its parent's exit handlers) and which a departed process-group peer can block forever.
+
+    Two pieces of teardown still run. The standard streams are flushed. Multiprocessing's finalizers of this
+    process run: a named semaphore made here (tqdm's write lock, under the spawn start method) is unlinked and
+    unregistered from the resource tracker, which otherwise warns of "leaked semaphore objects" when the sweep
+    ends. Each finalizer runs only in the process that made it, so a forked child never touches its parent's.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    multiprocessing.util._run_finalizers(0)  # noqa: SLF001 - the one hook for what `os._exit` skips
+    os._exit(code)
 
 
 class ForkedChildError(RuntimeError):
@@ -57,9 +73,7 @@ def run_forked(fn: Callable[..., Any], *args: Any) -> Any:
             with os.fdopen(write, "wb") as out:
                 pickle.dump(payload, out)
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)
+            exit_now(0)
     os.close(write)
     with os.fdopen(read, "rb") as inp:
         data = inp.read()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ def run_child(cfg_blob: bytes, cell_dir: str, probe_dir: str | None, parent: int
     if env:
         os.environ.update(env)  # before Lightning reads them: this process is one torchrun-style rank
     exit_when_orphaned(parent)
-    from ssmlora.lab.forked import declare_fresh_process  # standard library only
+    from ssmlora.lab.forked import declare_fresh_process, exit_now  # standard library only
 
     declare_fresh_process()  # nothing has computed here yet: the cell may fork its memory pass
     from ssmlora.lab.cell import run_cell_safely  # heavy: deliberately after the watch started
@@ -35,9 +34,7 @@ def run_child(cfg_blob: bytes, cell_dir: str, probe_dir: str | None, parent: int
     tmp.write_text(json.dumps(result))
     os.replace(tmp, Path(cell_dir) / name)
     if env:  # leave at once: exit-time teardown of a process group can wait forever on a departed peer
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0 if result.get("status") == "ok" else 1)
+        exit_now(0 if result.get("status") == "ok" else 1)
 
 
 def exit_when_orphaned(parent: int, poll_s: float = 2.0) -> None:
