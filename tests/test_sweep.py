@@ -176,3 +176,30 @@ def test_stopping_the_sweep_ends_its_cell_process(env, tmp_path, sig):
     assert not alive, f"cell process outlived the sweep after {sig.name}"
     if sig == signal.SIGTERM:
         assert proc.returncode == 130 and "rerun the same command to resume" in proc.stderr.read()
+
+
+def test_each_length_is_prepared_once_and_its_cells_start_warm(env, tmp_path):
+    """The preparation step fills the data and probe caches before a length's first cell, in a process of its own,
+    with the features a cell would extract itself: the same tensors and the same accuracy as a sweep without it."""
+    from ssmlora.sweep.cli import main
+
+    out = tmp_path / "prepared"
+    done = subprocess.run(RUN + tiny_args(env, out, "--lengths", "64", "--methods", "lora,ssmlora", "--seeds", "0,1"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("[prep] L=64: data and probe features ready") == 1
+    assert done.stdout.index("[prep] L=64") < done.stdout.index("[1/4]")
+    prep = json.loads((out / "s" / "config.json").read_text())["prep"]["64"]
+    assert prep["status"] == "ok" and prep["prep_s"] >= prep["features_s"] > 0 and prep["peak_rss_mb"] > 0
+    for tag in ("lora-L64-s0", "ssmlora-L64-s0", "lora-L64-s1", "ssmlora-L64-s1"):
+        assert json.loads((out / "s" / "cells" / tag / "result.json").read_text())["probe_cached"] is True
+
+    alone = tmp_path / "alone"  # --in-process: no preparation step, the cell extracts its own features
+    assert main(tiny_args(env, alone, "--lengths", "64", "--methods", "lora", "--in-process")) == 0
+    from safetensors.torch import load_file
+
+    for name in ("L64-s0.safetensors", "L64-test.safetensors"):
+        mine, theirs = load_file(str(out / "s" / "probe" / name)), load_file(str(alone / "s" / "probe" / name))
+        assert mine.keys() == theirs.keys() and all((mine[k] == theirs[k]).all() for k in mine)
+    lora = [r for r in rows_of(out / "s" / "results.csv") if r["method"] == "lora" and r["seed"] == "0"]
+    assert lora[0]["accuracy"] == rows_of(alone / "s" / "results.csv")[0]["accuracy"]

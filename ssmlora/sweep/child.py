@@ -37,6 +37,24 @@ def run_child(cfg_blob: bytes, cell_dir: str, probe_dir: str | None, parent: int
         exit_now(0 if result.get("status") == "ok" else 1)
 
 
+def run_prep_child(cfg_blob: bytes, seeds: list[int], probe_dir: str, out: str, parent: int) -> None:
+    """Run a sweep's preparation step for one length (ssmlora.lab.prep) and leave its figures, or its error, in
+    the JSON file `out`."""
+    exit_when_orphaned(parent)
+    import traceback
+
+    try:
+        from ssmlora.lab.prep import prepare_length
+
+        result = {"status": "ok", **prepare_length(pickle.loads(cfg_blob), seeds, probe_dir)}
+    except Exception as err:  # noqa: BLE001 - reported to the sweep, which lets the cells build for themselves
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        result = {"status": f"failed: {type(err).__name__}: {first}", "error": traceback.format_exc()}
+    tmp = Path(out).with_name(f".{Path(out).name}.tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, out)
+
+
 def exit_when_orphaned(parent: int, poll_s: float = 2.0) -> None:
     """End this cell process as soon as the sweep that started it (pid `parent`, given by the sweep, since the
     sweep may already be gone when this starts) is gone: nobody would read its result, and it would hold the

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ssmlora.lab.cell import CellConfig
 from ssmlora.lab.runtime import RuntimeConfig
-from ssmlora.sweep.child import run_child
+from ssmlora.sweep.child import run_child, run_prep_child
 
 
 def _free_port() -> int:
@@ -107,3 +107,27 @@ def run_cell_in_process(cfg: CellConfig, cell_dir: Path, probe_dir: Path | None 
         (cell_dir / ".result.json.tmp").write_text(json.dumps(result))
         os.replace(cell_dir / ".result.json.tmp", cell_dir / "result.json")
     return result
+
+
+def prepare_in_process(cell: CellConfig, seeds: list[int], probe_dir: Path) -> dict:
+    """A sweep's preparation step for `cell.max_len` (ssmlora.lab.prep) in a fresh spawned process, so that its
+    peak RSS is its own and every cell process after it stays fresh. Returns its figures with `status` "ok", or
+    a failed status with the error (the cells then build what they need themselves)."""
+    probe_dir.mkdir(parents=True, exist_ok=True)
+    out = probe_dir / f"prep-L{cell.max_len}.json"
+    out.unlink(missing_ok=True)
+    proc = mp.get_context("spawn").Process(target=run_prep_child,
+                                           args=(pickle.dumps(cell), list(seeds), str(probe_dir), str(out),
+                                                 os.getpid()))
+    start = time.perf_counter()
+    proc.start()
+    try:
+        proc.join()
+    except BaseException:  # Ctrl-C / SIGTERM: the step goes with the sweep
+        _stop([proc])
+        raise
+    if out.exists():
+        return json.loads(out.read_text())
+    how = "killed by the kernel (out of memory?)" if proc.exitcode == -signal.SIGKILL else f"exit code {proc.exitcode}"
+    return {"status": f"failed: preparation process ended without a result ({how})",
+            "prep_s": round(time.perf_counter() - start, 1)}

@@ -5,7 +5,8 @@ Layout of a sweep folder `<out>/<name>/`:
   results.csv           one row per finished cell (ssmlora.results), merged in under a lock after every cell
   claims/               which process runs which cell (ssmlora.claims)
   cells/<cell>/         Lightning's CSVLogger output, the cell's result.json and its saved adapter
-  probe/                the linear probe's cached frozen features, per (length, seed), and test features per length
+  probe/                the linear probe's cached frozen features, per (length, seed), and test features per length,
+                        filled by the preparation step of each length before its cells (ssmlora.lab.prep)
   tune/                 --tune: the validation-only trials and tuning.json (ssmlora.sweep.tune)
 
 Each cell runs in its own process(es) (`launch`); under an external launcher (`--in-process` with torchrun or
@@ -30,14 +31,16 @@ from ssmlora.claims import claim_cell, describe_holder
 from ssmlora.results import (CELL_KEY, EXTRAPOLATION_FILE, SCHEMA_VERSION, cell_key, read_results, update_results,
                              write_extrapolation)
 from ssmlora.sweep.config import GRID, SweepConfig
-from ssmlora.sweep.launch import run_cell_in_process
+from ssmlora.sweep.launch import prepare_in_process, run_cell_in_process
 from ssmlora.sweep.tune import apply_choice, run_tuning
 from ssmlora.sweep.validate import validate
 
 
-def config_json(cfg: SweepConfig, name: str, old: dict | None = None, tuning: dict | None = None) -> dict:
+def config_json(cfg: SweepConfig, name: str, old: dict | None = None, tuning: dict | None = None,
+                prep: dict | None = None) -> dict:
     """config.json: what plots read first (name, task, model, grid), then the tree once, the values resolved on
-    this machine, the identity that a resume must match, and the environment."""
+    this machine, the tuning and preparation steps, the identity that a resume must match, and the
+    environment."""
     grid = {k: list(getattr(cfg, k)) for k in GRID}
     for key in GRID:  # the folder's grid is every cell it holds, across resumed runs with other grids
         extra = [v for v in (old or {}).get(key, []) if v not in grid[key]]
@@ -59,6 +62,7 @@ def config_json(cfg: SweepConfig, name: str, old: dict | None = None, tuning: di
                            for L in grid["lengths"]},
         },
         "tuning": tuning,  # --tune: the validation trials and the values they selected
+        "prep": prep or {},  # per length: the shared preparation step's time and memory (ssmlora.lab.prep)
         "identity": cfg.identity(),
         "identity_hash": cfg.identity_hash(),
         "environment": environment(),
@@ -87,6 +91,14 @@ class Progress:
 
     def begin(self, i: int, cell: CellConfig) -> None:
         self.log(f"[{i}/{self.total}] {self.describe(cell)} ...", flush=True)
+
+    def prepared(self, length: int, figures: dict) -> None:
+        if figures.get("status") != "ok":
+            self.log(f"[prep] L={length}: {figures.get('status')}; each cell builds what it needs", flush=True)
+            return
+        self.log(f"[prep] L={length}: data and probe features ready, {figures['prep_s']:.0f} s (build "
+                 f"{figures['build_s']:.0f} s, features {figures['features_s']:.0f} s), peak RSS "
+                 f"{figures['peak_rss_mb']:.0f} MiB", flush=True)
 
     def skipped(self, i: int, cell: CellConfig, why: str) -> None:
         self.log(f"[{i}/{self.total}] {self.describe(cell)}: skipped, {why}")
@@ -126,7 +138,8 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name:
     sweep_hash = cfg.identity_hash()
     res_path = folder / "results.csv"
     old_cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
-    _write_config(cfg, folder, old_cfg)
+    prep = dict(old_cfg.get("prep") or {})
+    _write_config(cfg, folder, old_cfg, prep=prep)
 
     if not in_process and threading.current_thread() is threading.main_thread():
         # `kill <pid>` (SIGTERM) stops the sweep the way Ctrl-C does: the running cell's processes are ended
@@ -137,11 +150,12 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name:
     tuning = None
     if cfg.optim.tune:  # selection first, on validation only; the sweep's cells then run with the chosen values
         tuning = run_tuning(cfg, folder, in_process, log)
-        _write_config(cfg, folder, old_cfg, tuning)
+        _write_config(cfg, folder, old_cfg, tuning, prep)
         if cfg.optim.tune_only:  # selection alone: the test split is never opened
             return folder, []
     cells = apply_choice(cfg.cells(), tuning)
     progress = Progress(len(cells), log)
+    prepared: set[int] = set()  # lengths whose shared caches this run has filled
     for i, cell in enumerate(cells, 1):
         key = row_key(cfg, cell)
         done = _finished(res_path, sweep_hash, retry_failed)
@@ -159,6 +173,11 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name:
             if key in done:
                 progress.skipped(i, cell, f"done by another sweep process ({done[key].get('status')})")
                 continue
+            if not in_process and cell.max_len not in prepared:
+                prepared.add(cell.max_len)
+                prep[str(cell.max_len)] = prepare_in_process(cell, cfg.seeds, folder / "probe")
+                _write_config(cfg, folder, old_cfg, tuning, prep)
+                progress.prepared(cell.max_len, prep[str(cell.max_len)])
             progress.begin(i, cell)
             cell_dir = folder / "cells" / cell.tag()
             if in_process:
@@ -197,10 +216,11 @@ def extrapolation_rows(cfg: SweepConfig, folder: Path) -> list[dict]:
     return rows
 
 
-def _write_config(cfg: SweepConfig, folder: Path, old_cfg: dict, tuning: dict | None = None) -> None:
+def _write_config(cfg: SweepConfig, folder: Path, old_cfg: dict, tuning: dict | None = None,
+                  prep: dict | None = None) -> None:
     if is_rank_zero():
         tmp = folder / f".config.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(config_json(cfg, folder.name, old_cfg, tuning), indent=2, default=str))
+        tmp.write_text(json.dumps(config_json(cfg, folder.name, old_cfg, tuning, prep), indent=2, default=str))
         os.replace(tmp, folder / "config.json")
 
 
