@@ -77,3 +77,20 @@ def test_the_benchmark_prints_a_ratio_per_method_and_length(env, capsys):
         cell, bare, ratio = (float(row[i]) for i in (4, 5, 6))
         assert cell > 0 and bare > 0 and ratio == pytest.approx(cell / bare, rel=2e-2)
     assert "Largest cell / bare" in out
+
+
+def test_the_profile_splits_a_steps_operator_time_into_groups_that_add_up(env, capsys):
+    import step_profile
+
+    assert step_profile.group_of("aten::addmm") == "matrix products"
+    assert step_profile.group_of("aten::_scaled_dot_product_flash_attention_for_cpu_backward") == "attention"
+    assert step_profile.group_of("aten::addcmul_") == "optimizer and clipping"
+    assert step_profile.group_of("aten::gelu_backward") == "elementwise"
+    rc = step_profile.main(["--model", str(env["bert"]), "--cache-dir", str(env["cache"]), "--lengths", "64",
+                            "--methods", "lora", "--steps", "2", "--tokens-per-step", "256"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "### lora at L = 64" in out
+    groups = out.split("| group | share of operator CPU time |")[1].split("| operator |")[0]
+    shares = {line.split("|")[1].strip(): float(line.split("|")[2].strip(" %")) for line in groups.splitlines()
+              if line.startswith("| ") and "%" in line}
+    assert shares["matrix products"] > 0 and sum(shares.values()) == pytest.approx(100, abs=0.5)

@@ -1,8 +1,8 @@
 """The work every cell at one length shares, done once before them: a sweep's preparation step per length.
 
-It builds the task's splits at the length into the data cache and extracts the linear probe's frozen features
-into the probe cache: the training rows of every seed and the test documents (ssmlora.lab.probe). Why a step of
-its own: a cell that found these caches cold built them inside its own wall time and memory pass, so the first
+It builds the task's splits at the length (and at the extrapolation's longer lengths, with --eval-lengths) into
+the data cache and extracts the linear probe's frozen features into the probe cache: the training rows of every
+seed and the test documents (ssmlora.lab.probe). Why a step of its own: a cell that found these caches cold built them inside its own wall time and memory pass, so the first
 method at each length paid for every method (LoRA's cell at 4096 took 362 s, SSMLoRA's after it 200 s), and
 `wall_s` compared a cold cell with warm ones. After this step every cell starts warm, and the shared cost has
 its own time and memory.
@@ -20,7 +20,9 @@ from pathlib import Path
 
 import torch
 
+from ssmlora.lab.backbone import resolve_model_path
 from ssmlora.lab.cell import CellConfig, build_cell, fit_head_by_probe
+from ssmlora.lab.data import task_data
 from ssmlora.lab.memory import PhaseMeter, process_peak
 from ssmlora.lab.probe import probe_predictions
 from ssmlora.lab.runtime import quiet_libraries
@@ -40,6 +42,8 @@ def prepare_length(cell: CellConfig, seeds: list[int], probe_root: str | Path, t
     phases: dict = {}
     with PhaseMeter("build", "cpu", phases):
         data, _, pad_id, model, _ = build_cell(cell, phases)
+        for length in cell.data.eval_lengths_for(cell.max_len):  # the extrapolation's longer reads of the test
+            task_data(cell.data, length, resolve_model_path(cell.model.model))
     build_s = time.perf_counter() - start
     with PhaseMeter("features", "cpu", phases):
         if cell.optim.head_init == "probe":
