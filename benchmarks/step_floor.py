@@ -109,10 +109,7 @@ def endless(dm: TaskDataModule):
 
 def compare(cfg: CellConfig, steps: int, rounds: int, workdir: Path) -> dict:
     """Interleaved timing of both steps for one cell configuration."""
-    data, labels, pad_id, model, _ = build_cell(cfg)
-    module = AdapterClassifier(model, len(labels), cfg.optim, lr=cfg.lr, max_steps=cfg.optim.max_steps)
-    dm = TaskDataModule(data, cfg.batch_plan()[1], cfg.seed, pad_id)
-    dm.setup("fit")
+    module, dm = cell_model_and_data(cfg)
     batches = endless(dm)
     cell, bare, flops = [], [], None
     for r in range(rounds):
@@ -127,25 +124,46 @@ def compare(cfg: CellConfig, steps: int, rounds: int, workdir: Path) -> dict:
     return {"cell_s": c, "bare_s": b, "ratio": c / b, "flops": flops, "n": (len(cell), len(bare))}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="lora,ssmlora")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096])
-    parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps per block")
-    parser.add_argument("--rounds", type=int, default=2, help="blocks of each kind, alternating")
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sweep settings a step benchmark may change (tests point them at a tiny backbone), and --write-docs."""
     parser.add_argument("--model", default=None, help="backbone (default: the sweep's)")
     parser.add_argument("--cache-dir", default=None, help="data cache (default: the sweep's)")
     parser.add_argument("--tokens-per-step", type=int, default=None, help="(default: the sweep's)")
     parser.add_argument("--write-docs", action="store_true", help="also write the result into docs/benchmarks.md")
-    args = parser.parse_args(argv)
+
+
+def default_sweep(args: argparse.Namespace) -> SweepConfig:
+    """The default sweep with `add_sweep_arguments`' changes; sets this process up as a cell's is (quiet
+    libraries, the cell's thread count) and prints the machine line."""
     overrides = {k: v for k, v in (("model", args.model), ("cache_dir", args.cache_dir),
                                    ("tokens_per_step", args.tokens_per_step)) if v is not None}
     sweep = SweepConfig.from_flat(**overrides)
     quiet_libraries(sweep.runtime.verbose)
     torch.set_num_threads(sweep.runtime.torch_threads())
     print(machine_line(), flush=True)
-    lines = [f"| method | L | micro-batch x accumulation | cell step s | bare step s | cell / bare | "
-             f"cell GFLOP/s | bare GFLOP/s |", "|---|---|---|---|---|---|---|---|"]
+    return sweep
+
+
+def cell_model_and_data(cfg: CellConfig) -> tuple[AdapterClassifier, TaskDataModule]:
+    """The cell's adapted model in its LightningModule and its data module, set up for training."""
+    data, labels, pad_id, model, _ = build_cell(cfg)
+    module = AdapterClassifier(model, len(labels), cfg.optim, lr=cfg.lr, max_steps=cfg.optim.max_steps)
+    dm = TaskDataModule(data, cfg.batch_plan()[1], cfg.seed, pad_id)
+    dm.setup("fit")
+    return module, dm
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="lora,ssmlora")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096])
+    parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps per block")
+    parser.add_argument("--rounds", type=int, default=2, help="blocks of each kind, alternating")
+    add_sweep_arguments(parser)
+    args = parser.parse_args(argv)
+    sweep = default_sweep(args)
+    lines = ["| method | L | micro-batch x accumulation | cell step s | bare step s | cell / bare | "
+             "cell GFLOP/s | bare GFLOP/s |", "|---|---|---|---|---|---|---|---|"]
     worst = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for length in args.lengths:

@@ -18,18 +18,13 @@ import os
 import sys
 from collections import defaultdict
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
-from ssmlora.lab.cell import build_cell
-from ssmlora.lab.data import TaskDataModule
-from ssmlora.lab.module import AdapterClassifier
-from ssmlora.lab.runtime import quiet_libraries
 from ssmlora.sweep.config import SweepConfig
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from docs_section import machine_line, write_docs_section  # noqa: E402
-from step_floor import bare_steps, endless  # noqa: E402
+from step_floor import add_sweep_arguments, bare_steps, cell_model_and_data, default_sweep, endless  # noqa: E402
 
 # Operator name fragments per group, first match wins; everything else is "other".
 GROUPS = [
@@ -52,10 +47,7 @@ def group_of(name: str) -> str:
 
 def profile_cell(sweep: SweepConfig, method: str, length: int, steps: int, top: int) -> list[str]:
     cfg = sweep.cell(method, length, 0)
-    data, labels, pad_id, model, _ = build_cell(cfg)
-    module = AdapterClassifier(model, len(labels), cfg.optim, lr=cfg.lr, max_steps=cfg.optim.max_steps)
-    dm = TaskDataModule(data, cfg.batch_plan()[1], cfg.seed, pad_id)
-    dm.setup("fit")
+    module, dm = cell_model_and_data(cfg)
     batches = endless(dm)
     bare_steps(cfg, module, batches, 0)  # warm: AdamW's state, kernel choices
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -80,17 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 4096])
     parser.add_argument("--steps", type=int, default=2, help="profiled optimizer steps")
     parser.add_argument("--top", type=int, default=12, help="operators listed")
-    parser.add_argument("--model", default=None, help="backbone (default: the sweep's)")
-    parser.add_argument("--cache-dir", default=None, help="data cache (default: the sweep's)")
-    parser.add_argument("--tokens-per-step", type=int, default=None, help="(default: the sweep's)")
-    parser.add_argument("--write-docs", action="store_true", help="also write the result into docs/benchmarks.md")
+    add_sweep_arguments(parser)
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in (("model", args.model), ("cache_dir", args.cache_dir),
-                                   ("tokens_per_step", args.tokens_per_step)) if v is not None}
-    sweep = SweepConfig.from_flat(**overrides)
-    quiet_libraries(sweep.runtime.verbose)
-    torch.set_num_threads(sweep.runtime.torch_threads())
-    print(machine_line(), flush=True)
+    sweep = default_sweep(args)
     lines: list[str] = []
     for length in args.lengths:
         for method in args.methods.split(","):
