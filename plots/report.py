@@ -215,10 +215,11 @@ def tuning_lines(config: dict) -> list[str]:
 
 
 def config_items(config: dict) -> list[tuple[str, str]]:
-    """Flattened (key, value) pairs of config.json, the environment left to its own section."""
+    """Flattened (key, value) pairs of config.json, the environment left to its own section. `identity` is left
+    out: it is `config` less the grid and plumbing, so the settings show once (its hash stays)."""
     items = []
     for key, value in config.items():
-        if key in ("environment", "tuning"):
+        if key in ("environment", "tuning", "identity"):
             continue
         if isinstance(value, dict):
             items += [(f"{key}.{k}", _text(v)) for k, v in value.items()]

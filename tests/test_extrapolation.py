@@ -219,7 +219,7 @@ def test_lr_and_tune_grid_keyed_by_a_variant():
     assert [cfg.cell(m, 512, 0).lr for m in cfg.methods] == [3e-4, 2e-5, 2e-5]
     grid = {"lora": [1e-4], "ssmlora": [1e-5, 3e-5], "ssmlora:scan": [3e-4, 1e-3]}
     cfg = SweepConfig.from_flat(methods=cfg.methods, lengths=[512], tune="lr", tune_grid=grid)
-    assert [cfg.optim.grid_for(m) for m in cfg.methods] == [[1e-4], [1e-5, 3e-5], [3e-4, 1e-3]]
+    assert [v.tune_grid for v in cfg.variants] == [(1e-4,), (1e-5, 3e-5), (3e-4, 1e-3)]
 
 
 def test_tuning_selects_each_variant_on_its_own(tmp_path, monkeypatch):

@@ -122,7 +122,7 @@ def test_the_overall_choice_is_the_best_mean_over_lengths_and_cells_take_the_nea
         select_overall("m", [_trial(512, 1e-5, 0.3, 1.0), _trial(2048, 1e-4, 0.3, 1.0)])
     record = {"lengths": [512, 2048], "chosen": {"lora": {"512": 1e-4, "2048": 1e-5}}}
     assert [nearest_tuned(record, n) for n in (512, 1024, 2048, 4096)] == [512, 512, 2048, 2048]
-    cells = [replace(_cell(env), max_len=n, label="lora") for n in (512, 4096)]
+    cells = [replace(_cell(env), max_len=n) for n in (512, 4096)]  # a hand-built cell: its label is its method
     assert [(c.lr, c.selected_on) for c in apply_choice(cells, record)] == [(1e-4, "val@L512"), (1e-5, "val@L2048")]
 
 

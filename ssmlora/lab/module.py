@@ -11,7 +11,6 @@ from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from ssmlora.inject import reset_ssm_state, trainable_groups
-from ssmlora.methods import get_method
 
 SCHEDULES = ("cosine", "linear", "constant")
 HEAD_INITS = ("probe", "random")
@@ -63,26 +62,8 @@ class OptimConfig:
         "help": "stop after --tune's selection: write tune/tuning.json and train no sweep cell (the test split is "
                 "never opened)"})
 
+    # --lr and --tune-grid are resolved per --methods entry, once, by ssmlora.lab.variants.
     NOT_IDENTITY = ("tune_only",)  # whether the sweep goes on after selecting, not what either computes
-
-    def lr_for(self, method: str) -> float | None:
-        """The adapter learning rate of a --methods entry (`lora`, `ssmlora:scan`): `for_method` in --lr, else
-        the method's registry default."""
-        return for_method(self.lr, method, get_method(method.partition(":")[0]).defaults.get("lr"))
-
-    def grid_for(self, method: str) -> list[float] | None:
-        """The --tune-grid values of a --methods entry (`for_method`); None when none applies."""
-        return for_method(self.tune_grid, method)
-
-
-def for_method(values: dict, method: str, default=None):
-    """The value a per-method option (--lr, --tune-grid) gives a --methods entry: the entry's own key
-    (`ssmlora:scan`), else its method's (`ssmlora`, which serves every variant), else "*" (every method), else
-    `default`."""
-    for key in (method, method.partition(":")[0], "*"):
-        if key in values:
-            return values[key]
-    return default
 
 
 def warmup_decay(step: int, warmup: int, total: int, schedule: str) -> float:

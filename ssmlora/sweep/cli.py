@@ -18,6 +18,7 @@ from plots.report import tuning_lines
 from ssmlora.config import ConfigValueError
 from ssmlora.lab.memory import parse_size
 from ssmlora.lab.runtime import is_rank_zero
+from ssmlora.lab.variants import VariantError
 from ssmlora.sweep.config import GRID, SweepConfig, flat_fields, section_type
 from ssmlora.sweep.runner import any_failed, results_table, run_sweep
 from ssmlora.sweep.tune import TuningError
@@ -171,6 +172,8 @@ def config_from_args(args) -> SweepConfig:
         return SweepConfig.from_flat(**values, lengths=lengths_from(args))
     except ConfigValueError as err:
         raise value_error(err) from None
+    except VariantError as err:
+        raise SweepError(str(err)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,13 +4,16 @@ It holds the grid (methods, lengths, seeds) and the sections each cell reads: `m
 (the adapter library's AdapterConfig, whose `method` the grid supplies), `optim` (OptimConfig), `data`
 (DataConfig) and `runtime` (RuntimeConfig). Every setting has its default, help and allowed values in exactly one
 field of one section; the command line is generated from the tree (one flag per field, named after it).
+
+`methods` holds the entries as given; construction parses them once into `variants` (ssmlora.lab.variants),
+which is what everything downstream reads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ssmlora.config import AdapterConfig
@@ -21,6 +24,7 @@ from ssmlora.lab.data import DataConfig
 from ssmlora.lab.module import OptimConfig
 from ssmlora.lab.runtime import RuntimeConfig, batch_plan
 from ssmlora.methods import get_method
+from ssmlora.lab.variants import MethodVariant, parse_methods
 
 SECTIONS = ("model", "adapter", "optim", "data", "runtime")
 GRID = ("methods", "lengths", "seeds")
@@ -44,6 +48,20 @@ class SweepConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        # Not a dataclass field: derived from `methods` and the sections, so asdict() and config.json hold the
+        # entries once, as given. Raises VariantError for an entry (or --lr / --tune-grid key) that names nothing.
+        self.variants: tuple[MethodVariant, ...] = parse_methods(self.methods, self.adapter, self.optim.lr,
+                                                                 self.optim.tune_grid)
+
+    def variant(self, entry: MethodVariant | str) -> MethodVariant:
+        """The grid's variant of a --methods entry; an entry outside the grid is parsed against this sweep's
+        settings (benchmarks run single methods of the default sweep)."""
+        if isinstance(entry, MethodVariant):
+            return entry
+        found = [v for v in self.variants if v.label == entry]
+        return found[0] if found else parse_methods([entry], self.adapter, self.optim.lr, self.optim.tune_grid)[0]
 
     @classmethod
     def from_flat(cls, **values) -> "SweepConfig":
@@ -85,39 +103,23 @@ class SweepConfig:
         model = Path(self.model.model.rstrip("/")).name.replace("/", "_") or "model"
         return f"{self.data.task}-{model}-{self.identity_hash()[:8]}"
 
-    def cell(self, method: str, length: int, seed: int) -> CellConfig:
-        """The configuration of one cell of the grid (`method` as in --methods, e.g. ssmlora:scan)."""
-        base, variant = split_method(method)
-        return CellConfig(adapter=replace(self.adapter, method=base, **variant), max_len=length, seed=seed,
-                          lr=self.optim.lr_for(method), model=self.model, optim=self.optim, data=self.data,
-                          runtime=self.runtime, label=method)
+    def cell(self, entry: MethodVariant | str, length: int, seed: int) -> CellConfig:
+        """The configuration of one cell of the grid (`entry`: a variant, or its label, e.g. ssmlora:scan)."""
+        variant = self.variant(entry)
+        return CellConfig(adapter=variant.adapter(self.adapter), max_len=length, seed=seed, lr=variant.lr,
+                          model=self.model, optim=self.optim, data=self.data, runtime=self.runtime, variant=variant)
 
     def cells(self) -> list[CellConfig]:
         """Short lengths first, so a sweep cut short still has complete curves at the cheap end."""
-        return [self.cell(m, L, s) for L in sorted(self.lengths) for s in self.seeds for m in self.methods]
+        return [self.cell(v, L, s) for L in sorted(self.lengths) for s in self.seeds for v in self.variants]
 
     def effective_batch(self, length: int) -> int:
         return batch_plan(self.optim.tokens_per_step, self.runtime, length)[0]
 
-    def row_identity(self, method: str) -> dict:
-        """The method's identity settings as result columns (e.g. ssmlora's ssm_mode); empty for the others."""
-        base, variant = split_method(method)
-        keys = get_method(base).identity
-        return {"ssm_mode": variant.get("ssm_mode", self.adapter.ssm_mode) if "ssm_mode" in keys else ""}
-
-
-def split_method(entry: str) -> tuple[str, dict]:
-    """A --methods entry -> (registered method, AdapterConfig overrides): 'ssmlora:scan' -> ('ssmlora',
-    {'ssm_mode': 'scan'}), 'lora' -> ('lora', {}). The variant sets the method's first identity field. Raises
-    ValueError for an unknown method or a variant on a method that has none (the value itself is checked by
-    AdapterConfig when the cell's config is built)."""
-    base, sep, variant = entry.partition(":")
-    method = get_method(base)
-    if not sep:
-        return base, {}
-    if not method.identity:
-        raise ValueError(f"method {base!r} has no variants: write it as {base!r}")
-    return base, {method.identity[0]: variant}
+    def row_identity(self, variant: MethodVariant) -> dict:
+        """The variant's identity settings as result columns (e.g. ssmlora's ssm_mode); empty for the others."""
+        keys = get_method(variant.method).identity
+        return {"ssm_mode": variant.adapter(self.adapter).ssm_mode if "ssm_mode" in keys else ""}
 
 
 def section_type(section: str) -> type:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from ssmlora.inject import enable_gradient_checkpointing, inject_adapters
 from ssmlora.lab.backbone import check_backbone, load_backbone
 from ssmlora.lab.frontier import FRONTIER_MMAP_THRESHOLD, cuda_budget, frontier_point
 from ssmlora.lab.memory import MiB, configure_allocator_for_measurement, memory_decomposition
+from ssmlora.lab.variants import MethodVariant
 from ssmlora.results import FRONTIER_COLUMNS
 from ssmlora.sweep.config import SweepConfig
 from ssmlora.sweep.validate import SweepError, validate
@@ -36,13 +36,13 @@ def backbone_reach(cfg: SweepConfig) -> int:
     return MAX_EXTENDED_LEN if info.positions == "absolute" else info.native_max_len
 
 
-def builder(cfg: SweepConfig, method: str, checkpointing: bool):
-    """`build(L)`: the cell's backbone at L tokens with `method`'s adapters, as run_cell builds it."""
+def builder(cfg: SweepConfig, variant: MethodVariant, checkpointing: bool):
+    """`build(L)`: the cell's backbone at L tokens with `variant`'s adapters, as run_cell builds it."""
     def build(length: int):
         torch.manual_seed(0)
         model, info = load_backbone(cfg.model.model, num_labels=2, max_len=length, attn_implementation=cfg.model.attn,
                                  pooling=cfg.model.pooling)
-        inject_adapters(model, replace(cfg.adapter, method=method))
+        inject_adapters(model, variant.adapter(cfg.adapter))
         if checkpointing:
             enable_gradient_checkpointing(model)
         build.attn_impl = info.attn_impl
@@ -55,8 +55,8 @@ def check_budget(cfg: SweepConfig, budget_bytes: int) -> float:
     """SweepError unless every method's weights fit the budget (before anything trains); returns the largest
     weights figure in MiB."""
     heaviest = 0.0
-    for method in cfg.methods:
-        model = builder(cfg, method, False)(MULTIPLE)
+    for variant in cfg.variants:
+        model = builder(cfg, variant, False)(MULTIPLE)
         sizes = memory_decomposition(model)
         heaviest = max(heaviest, sizes["weights_frozen_mb"] + sizes["weights_trainable_mb"])
         del model
@@ -80,10 +80,11 @@ def run_frontier(cfg: SweepConfig, budget_bytes: int, out: str | os.PathLike = "
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
     reach = reach or backbone_reach(cfg)
     rows, start = [], time.perf_counter()
-    for method in cfg.methods:
+    for variant in cfg.variants:
+        method = variant.label
         for checkpointing in (False, True):
             log(f"frontier: {method}, gradient checkpointing {'on' if checkpointing else 'off'}", flush=True)
-            build = builder(cfg, method, checkpointing)
+            build = builder(cfg, variant, checkpointing)
             with cuda_budget(budget_bytes, device) if on_gpu else _nothing():
                 point = frontier_point(build, budget_bytes, device, _AUTOCAST[cfg.runtime.precision],
                                        probe_lengths, reach, MULTIPLE, log=lambda m: log(m, flush=True))

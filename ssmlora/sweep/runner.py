@@ -56,7 +56,7 @@ def config_json(cfg: SweepConfig, name: str, old: dict | None = None, tuning: di
         "config": tree,
         "resolved": {
             "device": cfg.runtime.device_type(),
-            "lr": {m: cfg.optim.lr_for(m) for m in grid["methods"]} | (tuning or {}).get("chosen", {}),
+            "lr": {m: cfg.variant(m).lr for m in grid["methods"]} | (tuning or {}).get("chosen", {}),
             "batch_plan": {str(L): dict(zip(("effective_batch", "micro_batch", "accumulate"),
                                             batch_plan(cfg.optim.tokens_per_step, cfg.runtime, L)))
                            for L in grid["lengths"]},
@@ -75,7 +75,7 @@ def row_key(cfg: SweepConfig, cell: CellConfig) -> tuple[str, ...]:
 
 def base_row(cfg: SweepConfig, cell: CellConfig) -> dict:
     return {
-        "task": cfg.data.task, "model": cfg.model.model, "method": cell.method, **cfg.row_identity(cell.label or cell.method),
+        "task": cfg.data.task, "model": cfg.model.model, "method": cell.method, **cfg.row_identity(cfg.variant(cell.label)),
         "max_len": cell.max_len, "seed": cell.seed, "precision": cfg.runtime.precision,
         "accelerator": cfg.runtime.device_type(), "devices": f"{cfg.runtime.devices}x{cfg.runtime.num_nodes}",
         "effective_batch": cell.batch_plan()[0], "lr": cell.lr, "selected_on": cell.selected_on,
@@ -115,7 +115,7 @@ class Progress:
 
     @staticmethod
     def describe(cell: CellConfig) -> str:
-        return f"{cell.label or cell.method} L={cell.max_len} seed {cell.seed}"
+        return f"{cell.label} L={cell.max_len} seed {cell.seed}"
 
 
 def _clock(seconds: float) -> str:
@@ -202,7 +202,7 @@ def _keep_extrapolation(cfg: SweepConfig, cell: CellConfig, cell_dir: Path, resu
     if result.get("status") != "ok" or not result.get("extrapolation"):
         path.unlink(missing_ok=True)
         return
-    ident = {"method": cell.method, **cfg.row_identity(cell.label or cell.method), "seed": cell.seed}
+    ident = {"method": cell.method, **cfg.row_identity(cfg.variant(cell.label)), "seed": cell.seed}
     path.write_text(json.dumps([{**ident, **r} for r in result["extrapolation"]]))
 
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from ssmlora.lab.cell import CellConfig, run_cell_safely
 from ssmlora.lab.runtime import is_rank_zero
-from ssmlora.methods import get_method
-from ssmlora.sweep.config import SweepConfig, split_method
+from ssmlora.lab.variants import MethodVariant
+from ssmlora.sweep.config import SweepConfig
 from ssmlora.sweep.launch import run_cell_in_process
 
 
@@ -35,16 +35,12 @@ class TuningError(RuntimeError):
     """Every trial of a method failed, so no value can be selected."""
 
 
-def tuned_methods(cfg: SweepConfig) -> list[str]:
+def tuned_methods(cfg: SweepConfig) -> list[MethodVariant]:
     """The --methods entries whose learning rate `--tune lr` selects: those with adapter matrices. Each entry
     (`ssmlora:scan`, `ssmlora:depth`) is selected on its own."""
     if cfg.optim.tune != "lr":
         return []
-    return [m for m in cfg.methods if get_method(split_method(m)[0]).layer is not None]
-
-
-def grid_for(cfg: SweepConfig, method: str) -> list[float] | None:
-    return cfg.optim.grid_for(method)
+    return [v for v in cfg.variants if v.trains_adapters]
 
 
 def tune_lengths(cfg: SweepConfig) -> list[int]:
@@ -55,7 +51,7 @@ def trial_cells(cfg: SweepConfig) -> list[CellConfig]:
     """One tuning cell per (length, method, value), at the first seed; short lengths first, as in the sweep."""
     seed = cfg.seeds[0]
     return [replace(cfg.cell(m, length, seed), lr=float(v), tuning=True)
-            for length in tune_lengths(cfg) for m in tuned_methods(cfg) for v in grid_for(cfg, m)]
+            for length in tune_lengths(cfg) for m in tuned_methods(cfg) for v in m.tune_grid]
 
 
 def trial_tag(cell: CellConfig) -> str:
@@ -69,7 +65,7 @@ def run_tuning(cfg: SweepConfig, folder: Path, in_process: bool = False, log=pri
     root = folder / "tune"
     cells = trial_cells(cfg)
     done = {trial_tag(c): _read(root / trial_tag(c) / "result.json") for c in cells}  # read once, before any run
-    trials: dict[str, list[dict]] = {m: [] for m in tuned_methods(cfg)}
+    trials: dict[str, list[dict]] = {m.label: [] for m in tuned_methods(cfg)}
     for i, cell in enumerate(cells, 1):
         tag = trial_tag(cell)
         result = done[tag]

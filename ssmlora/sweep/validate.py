@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ from ssmlora.lab.module import TUNE_KNOBS
 from ssmlora.lab.runtime import external_launcher
 from ssmlora.methods import get_method
 from ssmlora.results import SCHEMA_VERSION, ResultsFormatError, read_results, repair_results
-from ssmlora.sweep.config import GRID, SECTIONS, SweepConfig, flat_fields, split_method
+from ssmlora.sweep.config import GRID, SECTIONS, SweepConfig, flat_fields
 
 LONGEST_FILE = "adapter/adapter_model.safetensors"  # the deepest path a cell writes below its folder
 
@@ -43,27 +43,11 @@ def _show(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
-def check_method_key(option: str, key: str, cfg: SweepConfig) -> None:
-    """A key of a per-method option (--lr, --tune-grid): "*", a registered method, or METHOD:VARIANT with a
-    variant the method allows (the same rule as --methods)."""
-    if key == "*":
-        return
-    try:
-        base, variant = split_method(key)
-        replace(cfg.adapter, method=base, **variant)  # AdapterConfig checks the variant's value
-    except ConfigValueError as err:
-        raise SweepError(f"{option} {key}=...: {err.name} {err.value!r} is not allowed: {err.allowed}") from None
-    except ValueError as err:
-        raise SweepError(f"{option} {key}=...: {err}") from None
-
-
 def check_tuning(cfg: SweepConfig) -> None:
     """--tune, --tune-grid and --tune-len: a known knob, an increasing grid per tuned method, a validation split."""
     optim = cfg.optim
     if optim.tune not in TUNE_KNOBS:
         raise SweepError(f"--tune {optim.tune}: unknown knob; the tunable knob is lr")
-    for method in optim.tune_grid:
-        check_method_key("--tune-grid", method, cfg)
     if not optim.tune:
         if optim.tune_only:
             raise SweepError("--tune-only without --tune: nothing to select; add --tune lr")
@@ -71,13 +55,10 @@ def check_tuning(cfg: SweepConfig) -> None:
     if optim.lr:
         raise SweepError(f"--lr {_show([f'{k}={v:g}' for k, v in optim.lr.items()])} with --tune lr: a tuned rate is "
                          f"selected on validation, not given; drop one of the two")
-    for method in cfg.methods:
-        try:
-            if get_method(split_method(method)[0]).layer is None:
-                continue  # no adapter matrices: nothing to tune
-        except ValueError:
-            continue  # a bad --methods entry: check_settings names it
-        grid = optim.grid_for(method)
+    for variant in cfg.variants:
+        if not variant.trains_adapters:
+            continue  # no adapter matrices: nothing to tune
+        method, grid = variant.label, variant.tune_grid
         if grid is None:
             raise SweepError(f"--tune-grid has no values for method {method}: add {method}=V1,V2,...")
         if not grid:
@@ -119,23 +100,15 @@ def check_settings(cfg: SweepConfig) -> None:
         if len(set(values)) != len(values):
             raise SweepError(f"{flag(key)} {_show(values)}: a value is repeated (each cell would run twice)")
     cells = {}
-    for method in cfg.methods:
-        try:
-            split_method(method)
-            adapter = cfg.cell(method, cfg.lengths[0], cfg.seeds[0]).adapter
-        except ConfigValueError as err:
-            raise SweepError(f"--methods {method}: {err.name} {err.value!r} is not allowed: {err.allowed}") from None
-        except ValueError as err:
-            raise SweepError(f"--methods {method}: {err}") from None
-        same = cells.setdefault((adapter.method, *cfg.row_identity(method).values()), method)
-        if same != method:
-            raise SweepError(f"--methods {same} and {method} are the same cells (ssm_mode "
+    for variant in cfg.variants:
+        adapter = variant.adapter(cfg.adapter)
+        same = cells.setdefault((adapter.method, *cfg.row_identity(variant).values()), variant.label)
+        if same != variant.label:
+            raise SweepError(f"--methods {same} and {variant.label} are the same cells (ssm_mode "
                              f"{adapter.ssm_mode}); keep one of them")
-    for method in cfg.optim.lr:
-        check_method_key("--lr", method, cfg)
-    for method in cfg.methods:
-        if get_method(split_method(method)[0]).layer is not None and cfg.optim.lr_for(method) is None:
-            raise SweepError(f"--lr: method {method!r} has no default learning rate: give --lr {method}=VALUE")
+        if variant.trains_adapters and variant.lr is None:
+            raise SweepError(f"--lr: method {variant.label!r} has no default learning rate: give --lr "
+                             f"{variant.label}=VALUE")
     if cfg.optim.max_steps <= 0 and cfg.optim.epochs <= 0:
         raise SweepError("--max-steps 0 and --epochs 0: give a positive number of steps or epochs")
     short = [L for L in cfg.lengths if L < MIN_LEN]
@@ -243,13 +216,13 @@ def check_existing(cfg: SweepConfig, folder: Path, repair: bool = False, warn=No
 
 def check_scan_directions(cfg: SweepConfig, model_type: str) -> None:
     """Every scan-mode entry of --methods can tell its direction on this backbone."""
-    for method in cfg.methods:
-        adapter = cfg.cell(method, cfg.lengths[0], cfg.seeds[0]).adapter
+    for variant in cfg.variants:
+        adapter = variant.adapter(cfg.adapter)
         if "ssm_mode" in get_method(adapter.method).identity and adapter.ssm_mode == "scan":
             try:
                 scan_direction(model_type, adapter.scan_direction)
             except ValueError as err:
-                raise SweepError(f"--methods {method}: {err} (--scan-direction)") from None
+                raise SweepError(f"--methods {variant.label}: {err} (--scan-direction)") from None
 
 
 def check_eval_lengths(cfg: SweepConfig) -> None:
