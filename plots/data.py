@@ -52,8 +52,14 @@ class Sweep:
 
     @property
     def series(self) -> list[str]:
-        """Series labels (methods, split by ssm_mode when a method ran in several modes), in a fixed order."""
+        """Series labels (the --methods entries that ran: methods, variants, controls), in a fixed order."""
         return sort_series(self.table["series"].unique())
+
+    @property
+    def matched(self) -> dict[str, str]:
+        """{control: the entry whose rate or parameter count it shares}, from config.json."""
+        variants = (self.config.get("resolved") or {}).get("variants") or {}
+        return {label: v["matched_to"] for label, v in variants.items() if v.get("matched_to")}
 
     @property
     def lengths(self) -> list[int]:
@@ -104,15 +110,8 @@ def results_frame(rows: list[dict[str, str]]) -> pd.DataFrame:
     table["status"] = table["status"].fillna("").str.strip()
     table["status_kind"] = table["status"].map(status_kind)
     table["ssm_mode"] = table["ssm_mode"].fillna("").str.strip()
-    modes_per_method = table.groupby("method")["ssm_mode"].nunique()
-    split = set(modes_per_method[modes_per_method > 1].index)
-    table["series"] = [series_label(m, mode, split) for m, mode in zip(table["method"], table["ssm_mode"])]
+    table["series"] = table["variant"].fillna("").str.strip()
     return table
-
-
-def series_label(method: str, mode: str, split) -> str:
-    """'ssmlora:scan' (the --methods spelling) for a method that ran in several modes (`split`), else the method."""
-    return f"{method}:{mode}" if method in split and mode else method
 
 
 def status_kind(status: str) -> str:
@@ -266,17 +265,10 @@ def n_test_by_length(sweep: Sweep) -> dict[int, int]:
     return {int(length): int(n) for length, n in ok.groupby("max_len")["n_test"].min().items()}
 
 
-def cell_folder(sweep: Sweep, method: str, ssm_mode: str, length: int, seed: int) -> Path:
-    """The folder of one cell: `cells/<entry>-L<len>-s<seed>`, where the entry is the --methods spelling with ':'
-    as '-' (`ssmlora-scan-...` for ssmlora:scan); a plain `ssmlora` entry run in --ssm-mode X has no mode in its
-    folder name, so that folder is the fallback."""
-    suffix = f"L{int(length)}-s{int(seed)}"
-    cells = sweep.path / "cells"
-    if ssm_mode:
-        variant = cells / f"{method}-{ssm_mode}-{suffix}"
-        if variant.exists():
-            return variant
-    return cells / f"{method}-{suffix}"
+def cell_folder(sweep: Sweep, variant: str, length: int, seed: int) -> Path:
+    """The folder of one cell: `cells/<entry>-L<len>-s<seed>`, the --methods entry with ':' as '-'
+    (`ssmlora-scan-...` for ssmlora:scan)."""
+    return sweep.path / "cells" / f"{variant.replace(':', '-')}-L{int(length)}-s{int(seed)}"
 
 
 def read_outcomes(path: Path) -> pd.DataFrame:
@@ -290,7 +282,7 @@ def load_predictions(sweep: Sweep) -> pd.DataFrame:
     as series PROBE_SERIES (once per length and seed). Cells without predictions.csv are left out."""
     frames, probes_seen = [], set()
     for row in sweep.ok.itertuples():
-        cell = cell_folder(sweep, row.method, row.ssm_mode, row.max_len, row.seed)
+        cell = cell_folder(sweep, row.variant, row.max_len, row.seed)
         for name, series in (("predictions.csv", row.series), ("probe_predictions.csv", PROBE_SERIES)):
             key = (int(row.max_len), int(row.seed))
             if series == PROBE_SERIES and key in probes_seen:
@@ -326,9 +318,17 @@ def paired_outcomes(rows_a: pd.DataFrame, rows_b: pd.DataFrame) -> PairedDiffere
     return paired_difference(pa.to_numpy(), pb.to_numpy()) if pa.shape[1] else None
 
 
-def comparison_pairs(series: list[str], with_probe: bool) -> list[tuple[str, str]]:
-    """The differences a reader needs: ssmlora - lora (any SSMLoRA mode), and each method - the probe."""
-    pairs = [(s, "lora") for s in series if s.startswith("ssmlora") and "lora" in series]
+def comparison_pairs(series: list[str], with_probe: bool, matched: dict[str, str] | None = None,
+                     methods: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """The differences a reader needs: each SSMLoRA entry (any mode) - lora; each control against its counterpart
+    (`matched`: {control: the entry whose rate or parameter count it shares}), the LoRA side second (`methods`:
+    {series: method}); each entry - the probe."""
+    matched = {c: m for c, m in (matched or {}).items() if c in series and m in series}
+    methods = methods or {}
+    pairs = [(s, "lora") for s in series if s.startswith("ssmlora") and s not in matched and "lora" in series]
+    for control, counterpart in matched.items():
+        on_lora = methods.get(control) == "lora"
+        pairs.append((counterpart, control) if on_lora else (control, counterpart))
     if with_probe:
         pairs += [(s, PROBE_SERIES) for s in series]
     return pairs

@@ -17,7 +17,8 @@ def differences(sweep: Sweep) -> dict[tuple[str, str], dict[int, object]]:
     """{(a, b): {length: PairedDifference}} for every pair the sweep supports (empty dicts left out)."""
     predictions = load_predictions(sweep)
     present = set(predictions["series"])
-    pairs = comparison_pairs([s for s in sweep.series if s in present], PROBE_SERIES in present)
+    pairs = comparison_pairs([s for s in sweep.series if s in present], PROBE_SERIES in present, sweep.matched,
+                             dict(zip(sweep.table["series"], sweep.table["method"])))
     out = {}
     for a, b in pairs:
         found = {length: paired_at(predictions, a, b, length) for length in sweep.lengths}

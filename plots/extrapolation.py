@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from plots.data import Sweep, cell_folder, cell_stats, paired_outcomes, read_outcomes, series_label, sort_series
+from plots.data import Sweep, cell_folder, cell_stats, paired_outcomes, read_outcomes, sort_series
 from plots.style import (MAJORITY_STYLE, figure_title, method_colour, new_figure, outside_legend, series_offset,
                          style_axes)
 from ssmlora.results import EXTRAPOLATION_COLUMNS, EXTRAPOLATION_FILE
@@ -38,14 +38,12 @@ def load_extrapolation(sweep: Sweep) -> pd.DataFrame | None:
     path = sweep.path / EXTRAPOLATION_FILE
     if not path.exists():
         return None
-    table = pd.read_csv(path, dtype={"method": str, "ssm_mode": str}, keep_default_na=False)
+    table = pd.read_csv(path, dtype={"method": str, "ssm_mode": str, "variant": str}, keep_default_na=False)
     if list(table.columns) != list(EXTRAPOLATION_COLUMNS) or table.empty:
         return None
-    for column in EXTRAPOLATION_COLUMNS[2:]:
+    for column in EXTRAPOLATION_COLUMNS[3:]:
         table[column] = pd.to_numeric(table[column], errors="coerce")
-    modes = sweep.table.groupby("method")["ssm_mode"].nunique()
-    split = set(modes[modes > 1].index)
-    table["series"] = [series_label(m, mode, split) for m, mode in zip(table["method"], table["ssm_mode"])]
+    table["series"] = table["variant"]
     return table
 
 
@@ -99,7 +97,7 @@ def load_outcomes(sweep: Sweep, table: pd.DataFrame) -> pd.DataFrame:
     for r in table.itertuples():
         train, length = int(r.train_len), int(r.eval_len)
         name = "predictions.csv" if length == train else f"predictions-L{length}.csv"
-        path = cell_folder(sweep, r.method, r.ssm_mode, train, r.seed) / name
+        path = cell_folder(sweep, r.variant, train, r.seed) / name
         if path.exists():
             frames.append(read_outcomes(path).assign(series=r.series, train_len=train, eval_len=length,
                                                      seed=int(r.seed)))

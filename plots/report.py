@@ -74,7 +74,8 @@ def render_report(sweep: Sweep, figure_names: list[str]) -> str:
               "Difference of accuracies, 95 % bootstrap interval over documents (and seeds), McNemar's exact "
               "p-value. A difference is stated only when its interval excludes 0.", ""]
     lines += [f"- {line}" for line in difference_lines(sweep)]
-    lines += ["", "## Learning rates", "", *tuning_lines(sweep.config)]
+    lines += ["", "## Methods, controls and learning rates", "", *variant_lines(sweep.config),
+              *tuning_lines(sweep.config)]
     lines += ["", "## Configuration", "", *key_value_table(config_items(sweep.config)), "",
               "## Environment", "", *key_value_table(environment_items(sweep)), "",
               "## Results", "",
@@ -194,13 +195,25 @@ def difference_lines(sweep: Sweep) -> list[str]:
     return lines or ["No per-document predictions (predictions.csv) to pair: no accuracy difference is stated."]
 
 
+def variant_lines(config: dict) -> list[str]:
+    """One line per --methods entry: its method and settings, rate and where the rate came from; a control says
+    what it holds fixed."""
+    variants = (config.get("resolved") or {}).get("variants") or {}
+    lines = []
+    for label, v in variants.items():
+        settings = "".join(f", {k}={val}" for k, val in (v.get("settings") or {}).items())
+        rate = "no adapters" if v.get("lr") is None else f"lr {v['lr']:g} ({v.get('lr_source', '')})"
+        what = f" Control: {v['control']}." if v.get("control") else ""
+        lines.append(f"- `{label}`: {v.get('method')}{settings}, {rate}.{what}")
+    return lines + [""] if lines else []
+
+
 def tuning_lines(config: dict) -> list[str]:
-    """The validation trials of --tune and what they selected (empty without tuning)."""
+    """The validation trials of --tune and what they selected."""
     tuning = config.get("tuning")
     if not tuning:
-        lr = (config.get("resolved") or {}).get("lr") or {}
-        return [f"Learning rates: {', '.join(f'{m} {v:g}' for m, v in lr.items() if v is not None)} as given "
-                f"(registry defaults or --lr), not selected by this sweep."] if lr else []
+        return ["No rate was selected by this sweep: each is as given above (registry default, --lr, or a "
+                "control's counterpart)."]
     chosen = "; ".join(f"{m} " + ", ".join(f"{v:g} at L={n}" for n, v in by_len.items())
                        for m, by_len in tuning["chosen"].items())
     lines = [f"Learning rates selected on the validation split only (seed {tuning['seed']}; the test split was "
@@ -221,8 +234,8 @@ def config_items(config: dict) -> list[tuple[str, str]]:
     for key, value in config.items():
         if key in ("environment", "tuning", "identity"):
             continue
-        if isinstance(value, dict):
-            items += [(f"{key}.{k}", _text(v)) for k, v in value.items()]
+        if isinstance(value, dict):  # resolved.variants has its own section
+            items += [(f"{key}.{k}", _text(v)) for k, v in value.items() if (key, k) != ("resolved", "variants")]
         else:
             items.append((key, _text(value)))
     return items or [("config.json", "missing or empty")]

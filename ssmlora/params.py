@@ -7,6 +7,7 @@ weights are read or downloaded (a folder holding only `config.json` is enough).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 
@@ -24,6 +25,32 @@ def parameter_table(model: str, targets: str = "all", r: int = 8, num_labels: in
     """One dict per method (default: every registered one): method + count_parameters on `model` (meta device),
     SSMLoRA in `ssm_mode` (depth and carry: r·(in+out) + 2r² per adapter; scan: r·(in+out) + r² + r).
     Raises ValueError with a one-line message for a model whose config cannot be read."""
+    config = model_config(model, num_labels)
+    rows = []
+    for method in methods or method_names():
+        adapter = AdapterConfig(method=method, r=r, targets=targets, ssm_mode=ssm_mode)
+        mode = {"ssm_mode": ssm_mode} if "ssm_mode" in get_method(method).identity else {}
+        rows.append({"method": method, **mode, **counts(config, adapter)})
+    return rows
+
+
+def adapter_parameters(model: str, adapter: AdapterConfig, num_labels: int = 2) -> int:
+    """Adapter parameters (head excluded) that `adapter` puts on `model`, counted on the meta device."""
+    return counts(model_config(model, num_labels), adapter)["adapter_params"]
+
+
+def counts(config, adapter: AdapterConfig) -> dict:
+    """count_parameters of the model of `config` with `adapter`'s adapters, built on the meta device."""
+    with torch.device("meta"):
+        net = AutoModelForSequenceClassification.from_config(config)
+    inject_adapters(net, adapter)
+    return count_parameters(net)
+
+
+@functools.lru_cache(maxsize=8)
+def model_config(model: str, num_labels: int):
+    """The model's config with a classification head of `num_labels` (a pad token set where it has none).
+    Raises ValueError with a one-line message for a model whose config cannot be read."""
     try:
         config = AutoConfig.from_pretrained(resolve_model_path(model), num_labels=num_labels)
     except FileNotFoundError as err:
@@ -32,15 +59,7 @@ def parameter_table(model: str, targets: str = "all", r: int = 8, num_labels: in
         raise ValueError(f"cannot read a model config from {model!r}: {str(err).splitlines()[0]}") from None
     if config.pad_token_id is None:  # decoder-only models need one for sequence classification
         config.pad_token_id = 0
-    rows = []
-    for method in methods or method_names():
-        with torch.device("meta"):
-            net = AutoModelForSequenceClassification.from_config(config)
-        adapter = AdapterConfig(method=method, r=r, targets=targets, ssm_mode=ssm_mode)
-        inject_adapters(net, adapter)
-        mode = {"ssm_mode": ssm_mode} if "ssm_mode" in get_method(method).identity else {}
-        rows.append({"method": method, **mode, **count_parameters(net)})
-    return rows
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:

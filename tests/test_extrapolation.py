@@ -131,7 +131,8 @@ def _undecided_bert(monkeypatch):
      "error: --methods ssmlora:foo: ssm_mode 'foo' is not allowed: choose one of depth, carry, scan"),
     (("--methods", "lora:scan"), "error: --methods lora:scan: method 'lora' has no variants: write it as 'lora'"),
     (("--methods", "ssmlora,ssmlora:depth"),
-     "error: --methods ssmlora and ssmlora:depth are the same cells (ssm_mode depth); keep one of them"),
+     "error: --methods ssmlora and ssmlora:depth are the same cells (ssm_mode depth, r 8, lr 0.005); keep one of "
+     "them"),
     (("--methods", "ssmlora:scan", "--scan-direction", "up"),
      "error: --scan-direction up: choose one of auto, causal, bidirectional"),
     (("--lengths", "128", "--eval-lengths", "64"),

@@ -27,7 +27,7 @@ FORK = mp.get_context("fork")  # the children only lock and write files: no need
 
 
 def cell_row(seed: int, method: str = "lora", **extra) -> dict:
-    row = {"task": "topic-mix", "model": "tiny", "method": method, "max_len": 512, "seed": seed, "status": "ok",
+    row = {"task": "topic-mix", "model": "tiny", "method": method, "variant": method, "max_len": 512, "seed": seed, "status": "ok",
            "accuracy": 0.75, "macro_f1": 0.7, "majority_rate": 0.25, "n_test": 48, "adapter_params": 1000,
            "head_params": 10, "trainable_params": 1010, "train_steps": 15, "wall_s": 12.5, "devices": "1x1"}
     return {**row, **extra}
@@ -103,15 +103,15 @@ def test_nul_byte_in_a_key_field_is_an_error(tmp_path):
 def test_other_schema_version_is_named(tmp_path):
     path = tmp_path / "results.csv"
     lines = good_file(path)
-    lines[2] = "4" + lines[2][1:]
+    lines[2] = "9" + lines[2][1:]
     path.write_text("".join(lines))
     err = format_error(path)
-    assert err.line == 3 and "schema_version 4" in err.reason and f"reads schema {SCHEMA_VERSION}" in err.reason
+    assert err.line == 3 and "schema_version 9" in err.reason and f"reads schema {SCHEMA_VERSION}" in err.reason
 
 
 @pytest.mark.parametrize("header, expected", [
     ("v1", "written by results schema 1"),
-    ("v4", "written by results schema 4"),
+    ("v9", "written by results schema 9"),
     ("other", "lacks columns"),
 ])
 def test_unknown_header_says_which_version_and_how_to_fix(tmp_path, header, expected):
@@ -120,8 +120,8 @@ def test_unknown_header_says_which_version_and_how_to_fix(tmp_path, header, expe
     rows = list(csv.reader(lines))
     if header == "v1":
         rows = [r[2:] for r in rows]
-    elif header == "v4":
-        rows = [r + ["new_metric"] if i == 0 else ["4"] + r[1:] + ["1"] for i, r in enumerate(rows)]
+    elif header == "v9":
+        rows = [r + ["new_metric"] if i == 0 else ["9"] + r[1:] + ["1"] for i, r in enumerate(rows)]
     else:
         rows = [["task", "acc"], ["x", "1"]]
     with path.open("w", newline="") as fh:

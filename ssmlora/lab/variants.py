@@ -1,21 +1,35 @@
-"""Method variants: each `--methods` entry parsed once into a frozen `MethodVariant`.
+"""Method variants: each `--methods` entry parsed once into a frozen `MethodVariant`, and the registered controls.
 
 An entry is a registered adapter method (`lora`), a method with its variant setting (`ssmlora:scan`: the value
-of the method's first identity field, ssmlora's `ssm_mode`), or, from step 2 on, a registered control. The
-per-method options `--lr` and `--tune-grid` are resolved here too, so the object that leaves this module carries
-everything that tells the entry's cells apart from the others': its method, its adapter settings, its rate and
-its label. The sweep, its validation, tuning, cells and result rows read the object and never split the entry
-string again.
+of the method's first identity field, ssmlora's `ssm_mode`), or a registered `Control`. The per-method options
+`--lr` and `--tune-grid` are resolved here too, so the object that leaves this module carries everything that
+tells the entry's cells apart from the others': its method, its adapter settings, its rate and its label. The
+sweep, its validation, tuning, cells and result rows read the object and never split the entry string again.
+
+Controls answer "is it the method, or its setting?" for a comparison between two methods:
+
+- lr-matched: one method at the other's learning rate (`lora-at-ssmlora-lr`, `ssmlora-at-lora-lr`). A comparison of
+  SSMLoRA with LoRA at their own rates mixes the method with a rate ten times apart; against the control, the
+  rate is the same.
+- parameter-matched: LoRA at the rank whose adapter parameter count is nearest SSMLoRA's (`lora-at-ssmlora-params`),
+  so "equal accuracy with fewer parameters" has a LoRA of the same size beside it. The match is by rank, on the
+  sweep's own model and scheme, and must come within `PARAMS_TOLERANCE`.
+
+A control runs in the same sweep as the methods, so it pairs with them on the same documents and seeds.
+Adding one is one `register_control` call.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
+from typing import Callable
 
 from ssmlora.config import AdapterConfig, ConfigValueError
 from ssmlora.methods import get_method
 
 EVERY_METHOD = "*"  # key of --lr / --tune-grid that serves every entry
+PARAMS_TOLERANCE = 0.10  # a parameter-matched control's adapter parameters within 10 % of its target's
 
 
 class VariantError(ValueError):
@@ -36,6 +50,9 @@ class MethodVariant:
     lr: float | None = None
     lr_source: str = "registry"
     tune_grid: tuple[float, ...] | None = None
+    rate_of: str = ""  # an lr-matched control: the entry whose rate (given, default or selected) it takes
+    params_of: str = ""  # a parameter-matched control: the entry whose adapter parameter count it matches
+    control: str = ""  # a control: what it holds fixed, with the resolved figures; empty for a method
 
     def adapter(self, base: AdapterConfig) -> AdapterConfig:
         """The sweep's adapter section with this entry's method and settings."""
@@ -45,9 +62,10 @@ class MethodVariant:
     def trains_adapters(self) -> bool:
         return get_method(self.method).layer is not None
 
-    def tag(self) -> str:
-        """The label as a folder-name part ('ssmlora:scan' -> 'ssmlora-scan')."""
-        return self.label.replace(":", "-")
+    @property
+    def matched_to(self) -> str:
+        """A control's counterpart: the entry whose rate or parameter count it shares (empty for a method)."""
+        return self.rate_of or self.params_of
 
 
 def split_entry(entry: str) -> tuple[str, dict]:
@@ -88,15 +106,59 @@ def for_entry(values: dict, entry: str, method: str):
     return None, ""
 
 
-def parse_variant(entry: str, adapter: AdapterConfig, lr: dict, tune_grid: dict) -> MethodVariant:
-    """One --methods entry against the sweep's adapter section and its --lr and --tune-grid maps."""
+@dataclass(frozen=True)
+class Control:
+    """A registered control: `method`'s adapters at the rate `rate_of` resolves to (lr-matched), or at the rank
+    whose adapter parameter count is nearest `params_of`'s (parameter-matched). `name` is its --methods entry."""
+
+    name: str
+    method: str
+    description: str
+    rate_of: str = ""
+    params_of: str = ""
+
+
+_CONTROLS: dict[str, Control] = {}
+
+
+def register_control(control: Control, replace: bool = False) -> Control:
+    """Add `control` to the registry (`replace=True` to redefine a name, e.g. in a test)."""
+    if control.name in _CONTROLS and not replace:
+        raise ValueError(f"control {control.name!r} is registered already")
+    if bool(control.rate_of) == bool(control.params_of):
+        raise ValueError(f"control {control.name!r}: give exactly one of rate_of and params_of")
+    if not re.fullmatch(r"[A-Za-z0-9._+-]+", control.name):  # it names cell folders and claim files
+        raise ValueError(f"control name {control.name!r} may hold only letters, digits and . _ + -")
+    _CONTROLS[control.name] = control
+    return control
+
+
+def control_names() -> list[str]:
+    return list(_CONTROLS)
+
+
+register_control(Control("lora-at-ssmlora-lr", "lora", "LoRA at SSMLoRA's learning rate", rate_of="ssmlora"))
+register_control(Control("ssmlora-at-lora-lr", "ssmlora", "SSMLoRA at LoRA's learning rate", rate_of="lora"))
+register_control(Control("lora-at-ssmlora-params", "lora", "LoRA at the rank whose adapter parameters are nearest "
+                         "SSMLoRA's", params_of="ssmlora"))
+
+Counter = Callable[[AdapterConfig], int]  # adapter parameters an AdapterConfig puts on the sweep's model
+
+
+def parse_variant(entry: str, adapter: AdapterConfig, lr: dict, tune_grid: dict,
+                  count: Counter | None = None) -> MethodVariant:
+    """One --methods entry against the sweep's adapter section and its --lr and --tune-grid maps; `count` sizes
+    a parameter-matched control (needed only for one)."""
+    if entry in _CONTROLS:
+        return _parse_control(_CONTROLS[entry], adapter, lr, tune_grid, count)
     try:
         method, settings = split_entry(entry)
         replace(adapter, method=method, **settings)  # AdapterConfig checks the variant's value
     except ConfigValueError as err:
         raise VariantError(f"--methods {entry}: {err.name} {err.value!r} is not allowed: {err.allowed}") from None
     except VariantError as err:
-        raise VariantError(f"--methods {entry}: {err}") from None
+        more = f"; or a control: {', '.join(_CONTROLS)}" if str(err).startswith("unknown method") else ""
+        raise VariantError(f"--methods {entry}: {err}{more}") from None
     rate, source = None, "registry"
     if get_method(method).layer is not None:
         given, key = for_entry(lr, entry, method)
@@ -107,9 +169,49 @@ def parse_variant(entry: str, adapter: AdapterConfig, lr: dict, tune_grid: dict)
                          None if grid is None else tuple(grid))
 
 
-def parse_methods(entries: list[str], adapter: AdapterConfig, lr: dict, tune_grid: dict) -> tuple[MethodVariant, ...]:
+def _parse_control(control: Control, adapter: AdapterConfig, lr: dict, tune_grid: dict,
+                   count: Counter | None) -> MethodVariant:
+    if control.rate_of:  # its rate is the other entry's by definition: only its own --lr key overrides it
+        other = parse_variant(control.rate_of, adapter, lr, tune_grid, count)
+        rate, source = (lr[control.name], f"--lr {control.name}") if control.name in lr else (
+            other.lr, f"rate of {other.label} ({other.lr_source})")
+        return MethodVariant(control.name, control.method, (), rate, source, None, rate_of=other.label,
+                             control=f"{control.description}: {rate:g}")
+    base = parse_variant(control.method, adapter, lr, tune_grid, count)
+    target = parse_variant(control.params_of, adapter, lr, tune_grid, count)
+    if count is None:
+        raise VariantError(f"--methods {control.name}: a parameter-matched control needs the sweep's model to "
+                           f"count parameters on")
+    goal = count(target.adapter(adapter))
+    r, got = _matching_rank(base.adapter(adapter), goal, count)
+    off = got / goal - 1
+    if abs(off) > PARAMS_TOLERANCE:
+        raise VariantError(f"--methods {control.name}: no rank of {control.method} comes within "
+                           f"{PARAMS_TOLERANCE:.0%} of {target.label}'s {goal:,} adapter parameters on this model "
+                           f"(nearest: r={r}, {got:,}); drop the control or change --r / --targets")
+    grid, _ = for_entry(tune_grid, control.name, control.method)
+    rate, source = (lr[control.name], f"--lr {control.name}") if control.name in lr else (base.lr, base.lr_source)
+    return MethodVariant(control.name, control.method, (*base.settings, ("r", r)), rate, source,
+                         None if grid is None else tuple(grid), params_of=target.label,
+                         control=f"{control.description}: rank {r}, {got:,} adapter parameters against "
+                                 f"{target.label}'s {goal:,} ({off:+.1%})")
+
+
+def _matching_rank(adapter: AdapterConfig, goal: int, count: Counter) -> tuple[int, int]:
+    """(rank, adapter parameters) of the rank nearest `goal`: LoRA's count is linear in r, so the two ranks
+    around the linear estimate are counted and the nearer kept."""
+    per_rank = count(replace(adapter, r=1))
+    estimate = max(1, goal // max(per_rank, 1))
+    counted = {r: count(replace(adapter, r=r)) for r in (estimate, estimate + 1)}
+    best = min(counted, key=lambda r: (abs(counted[r] - goal), r))
+    return best, counted[best]
+
+
+def parse_methods(entries: list[str], adapter: AdapterConfig, lr: dict, tune_grid: dict,
+                  count: Counter | None = None) -> tuple[MethodVariant, ...]:
     """Every --methods entry, in order; the keys of --lr and --tune-grid are checked on the way."""
     for option, values in (("--lr", lr), ("--tune-grid", tune_grid)):
         for key in values:
-            check_key(option, key, adapter)
-    return tuple(parse_variant(e, adapter, lr, tune_grid) for e in entries)
+            if key not in _CONTROLS:
+                check_key(option, key, adapter)
+    return tuple(parse_variant(e, adapter, lr, tune_grid, count) for e in entries)

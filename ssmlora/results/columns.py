@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 KINDS = ("int", "float", "str", "json")
 
 
@@ -33,6 +33,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("model", "str", "backbone id or path", "always"),
     Column("method", "str", "lora | ssmlora | frozen (head only: the cost floor)", "always"),
     Column("ssm_mode", "str", "depth | carry | scan for ssmlora; empty otherwise"),
+    Column("variant", "str", "the --methods entry that ran: a method (lora), METHOD:VARIANT (ssmlora:scan) or a "
+                             "control (lora-at-ssmlora-lr); the series name of plots and report", "always"),
     Column("max_len", "int", "context length L in tokens", "always"),
     Column("seed", "int", "random seed of the cell", "always"),
     Column("status", "str", "ok | oom | failed: <reason>", "always"),
@@ -87,7 +89,7 @@ RESULT_COLUMNS: list[tuple[str, str]] = [(c.name, c.meaning) for c in COLUMNS]
 COLUMN_NAMES = [c.name for c in COLUMNS]
 COLUMN_KINDS = {c.name: c.kind for c in COLUMNS}
 NUMERIC_COLUMNS = tuple(c.name for c in COLUMNS if c.kind in ("int", "float"))
-CELL_KEY = ("task", "model", "method", "ssm_mode", "max_len", "seed")
+CELL_KEY = ("task", "model", "variant", "method", "ssm_mode", "max_len", "seed")
 # Schema 1 had no version or hash column; recognising its header lets the error say what happened.
 SCHEMA_1_NAMES = frozenset(COLUMN_NAMES) - {"schema_version", "sweep_hash"}
 
@@ -96,7 +98,7 @@ SCHEMA_1_NAMES = frozenset(COLUMN_NAMES) - {"schema_version", "sweep_hash"}
 EXTRAPOLATION_FILE = "extrapolation.csv"
 # Long format, one row per (cell, eval length): the cell's test documents read up to eval_len tokens.
 # eval_len == train_len is the cell's own test score. interval_*: Wilson 95 % interval of the accuracy.
-EXTRAPOLATION_COLUMNS = ("method", "ssm_mode", "seed", "train_len", "eval_len", "accuracy", "n", "interval_low",
+EXTRAPOLATION_COLUMNS = ("method", "ssm_mode", "variant", "seed", "train_len", "eval_len", "accuracy", "n", "interval_low",
                          "interval_high", "majority_rate")
 
 

@@ -16,6 +16,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from data_prep import get_task
 from ssmlora.config import AdapterConfig
 from ssmlora.lab.backbone import ModelConfig
 from ssmlora.lab.cell import CellConfig
@@ -24,7 +25,8 @@ from ssmlora.lab.data import DataConfig
 from ssmlora.lab.module import OptimConfig
 from ssmlora.lab.runtime import RuntimeConfig, batch_plan
 from ssmlora.methods import get_method
-from ssmlora.lab.variants import MethodVariant, parse_methods
+from ssmlora.lab.variants import MethodVariant, VariantError, control_names, parse_methods
+from ssmlora.params import adapter_parameters
 
 SECTIONS = ("model", "adapter", "optim", "data", "runtime")
 GRID = ("methods", "lengths", "seeds")
@@ -38,7 +40,8 @@ class SweepConfig:
     methods: list[str] = field(default_factory=lambda: ["lora", "ssmlora"], metadata={
         "help": "grid: adapter methods from the registry, comma-separated (lora, ssmlora, frozen or your own); "
         "METHOD:VARIANT sets the method's variant for that entry alone, e.g. ssmlora:depth,ssmlora:scan "
-        "(ssmlora's variant is its ssm_mode; plain ssmlora uses --ssm-mode)"})
+        "(ssmlora's variant is its ssm_mode; plain ssmlora uses --ssm-mode); or a registered control: "
+        f"{', '.join(control_names())} (docs/adapters.md)"})
     lengths: list[int] = field(default_factory=lambda: [512, 1024, 2048, 4096], metadata={
         "help": "grid: context lengths L in tokens"})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "grid: seeds, comma-separated", "ge": 0,
@@ -53,7 +56,7 @@ class SweepConfig:
         # Not a dataclass field: derived from `methods` and the sections, so asdict() and config.json hold the
         # entries once, as given. Raises VariantError for an entry (or --lr / --tune-grid key) that names nothing.
         self.variants: tuple[MethodVariant, ...] = parse_methods(self.methods, self.adapter, self.optim.lr,
-                                                                 self.optim.tune_grid)
+                                                                 self.optim.tune_grid, self.count_adapter_parameters)
 
     def variant(self, entry: MethodVariant | str) -> MethodVariant:
         """The grid's variant of a --methods entry; an entry outside the grid is parsed against this sweep's
@@ -61,7 +64,20 @@ class SweepConfig:
         if isinstance(entry, MethodVariant):
             return entry
         found = [v for v in self.variants if v.label == entry]
-        return found[0] if found else parse_methods([entry], self.adapter, self.optim.lr, self.optim.tune_grid)[0]
+        return found[0] if found else parse_methods([entry], self.adapter, self.optim.lr, self.optim.tune_grid,
+                                                    self.count_adapter_parameters)[0]
+
+    def count_adapter_parameters(self, adapter: AdapterConfig) -> int:
+        """Adapter parameters `adapter` puts on this sweep's model with its task's head (meta device, no
+        weights read); sizes the parameter-matched control."""
+        try:
+            num_labels = len(get_task(self.data.task).labels)
+        except ValueError:
+            num_labels = 2  # an unknown task: validate() names it; the head's size barely moves the count
+        try:
+            return adapter_parameters(self.model.model, adapter, num_labels)
+        except ValueError as err:
+            raise VariantError(f"cannot count adapter parameters on --model {self.model.model}: {err}") from None
 
     @classmethod
     def from_flat(cls, **values) -> "SweepConfig":

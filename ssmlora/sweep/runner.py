@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ssmlora.lab.cell import CellConfig, run_cell_safely
 from ssmlora.lab.runtime import batch_plan, environment, is_rank_zero
+from ssmlora.lab.variants import MethodVariant
 from ssmlora.claims import claim_cell, describe_holder
 from ssmlora.results import (CELL_KEY, EXTRAPOLATION_FILE, SCHEMA_VERSION, cell_key, read_results, update_results,
                              write_extrapolation)
@@ -57,6 +58,7 @@ def config_json(cfg: SweepConfig, name: str, old: dict | None = None, tuning: di
         "resolved": {
             "device": cfg.runtime.device_type(),
             "lr": {m: cfg.variant(m).lr for m in grid["methods"]} | (tuning or {}).get("chosen", {}),
+            "variants": {m: variant_record(cfg.variant(m)) for m in grid["methods"]},
             "batch_plan": {str(L): dict(zip(("effective_batch", "micro_batch", "accumulate"),
                                             batch_plan(cfg.optim.tokens_per_step, cfg.runtime, L)))
                            for L in grid["lengths"]},
@@ -69,6 +71,13 @@ def config_json(cfg: SweepConfig, name: str, old: dict | None = None, tuning: di
     }
 
 
+def variant_record(variant: MethodVariant) -> dict:
+    """What config.json keeps of a --methods entry: its method, settings, rate and, for a control, its
+    counterpart and what it holds fixed."""
+    return {"method": variant.method, "settings": dict(variant.settings), "lr": variant.lr,
+            "lr_source": variant.lr_source, "matched_to": variant.matched_to, "control": variant.control}
+
+
 def row_key(cfg: SweepConfig, cell: CellConfig) -> tuple[str, ...]:
     return cell_key(base_row(cfg, cell))
 
@@ -76,7 +85,7 @@ def row_key(cfg: SweepConfig, cell: CellConfig) -> tuple[str, ...]:
 def base_row(cfg: SweepConfig, cell: CellConfig) -> dict:
     return {
         "task": cfg.data.task, "model": cfg.model.model, "method": cell.method, **cfg.row_identity(cfg.variant(cell.label)),
-        "max_len": cell.max_len, "seed": cell.seed, "precision": cfg.runtime.precision,
+        "variant": cell.label, "max_len": cell.max_len, "seed": cell.seed, "precision": cfg.runtime.precision,
         "accelerator": cfg.runtime.device_type(), "devices": f"{cfg.runtime.devices}x{cfg.runtime.num_nodes}",
         "effective_batch": cell.batch_plan()[0], "lr": cell.lr, "selected_on": cell.selected_on,
     }
@@ -202,7 +211,8 @@ def _keep_extrapolation(cfg: SweepConfig, cell: CellConfig, cell_dir: Path, resu
     if result.get("status") != "ok" or not result.get("extrapolation"):
         path.unlink(missing_ok=True)
         return
-    ident = {"method": cell.method, **cfg.row_identity(cfg.variant(cell.label)), "seed": cell.seed}
+    ident = {"method": cell.method, **cfg.row_identity(cfg.variant(cell.label)), "variant": cell.label,
+             "seed": cell.seed}
     path.write_text(json.dumps([{**ident, **r} for r in result["extrapolation"]]))
 
 
@@ -248,7 +258,7 @@ def _interrupt(signum, frame) -> None:
 
 def results_table(rows: list[dict]) -> str:
     """A plain-text table of the main columns, for the terminal."""
-    cols = ["method", "max_len", "seed", "status", "accuracy", "majority_rate", "macro_f1", "train_peak_mb",
+    cols = ["variant", "max_len", "seed", "status", "accuracy", "majority_rate", "macro_f1", "train_peak_mb",
             "real_tokens_per_s", "step_time_s", "wall_s"]
 
     def fmt(v):

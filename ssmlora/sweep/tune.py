@@ -36,11 +36,12 @@ class TuningError(RuntimeError):
 
 
 def tuned_methods(cfg: SweepConfig) -> list[MethodVariant]:
-    """The --methods entries whose learning rate `--tune lr` selects: those with adapter matrices. Each entry
-    (`ssmlora:scan`, `ssmlora:depth`) is selected on its own."""
+    """The --methods entries whose learning rate `--tune lr` selects: those with adapter matrices, less the
+    lr-matched controls (they take their `rate_of` entry's choice). Each entry (`ssmlora:scan`, `ssmlora:depth`)
+    is selected on its own."""
     if cfg.optim.tune != "lr":
         return []
-    return [v for v in cfg.variants if v.trains_adapters]
+    return [v for v in cfg.variants if v.trains_adapters and not v.rate_of]
 
 
 def tune_lengths(cfg: SweepConfig) -> list[int]:
@@ -127,14 +128,18 @@ def nearest_tuned(record: dict, length: int) -> int:
 
 
 def apply_choice(cells: list[CellConfig], record: dict | None) -> list[CellConfig]:
-    """The sweep's cells with the selected rates and where they were selected (`val@L<tuned length>`)."""
+    """The sweep's cells with the selected rates and where they were selected (`val@L<tuned length>`); an
+    lr-matched control takes the choice of the entry it follows (`<entry>@val@L<tuned length>`)."""
     if not record:
         return cells
     out = []
     for c in cells:
-        if c.label in record["chosen"]:
+        follows = c.variant.rate_of if c.variant is not None else ""
+        key = follows if follows in record["chosen"] else c.label
+        if key in record["chosen"]:
             n = nearest_tuned(record, c.max_len)
-            c = replace(c, lr=record["chosen"][c.label][str(n)], selected_on=f"val@L{n}")
+            where = f"{follows}@val@L{n}" if key == follows else f"val@L{n}"
+            c = replace(c, lr=record["chosen"][key][str(n)], selected_on=where)
         out.append(c)
     return out
 

@@ -56,8 +56,8 @@ def check_tuning(cfg: SweepConfig) -> None:
         raise SweepError(f"--lr {_show([f'{k}={v:g}' for k, v in optim.lr.items()])} with --tune lr: a tuned rate is "
                          f"selected on validation, not given; drop one of the two")
     for variant in cfg.variants:
-        if not variant.trains_adapters:
-            continue  # no adapter matrices: nothing to tune
+        if not variant.trains_adapters or variant.rate_of:
+            continue  # no adapter matrices, or a rate that is another entry's: nothing to tune
         method, grid = variant.label, variant.tune_grid
         if grid is None:
             raise SweepError(f"--tune-grid has no values for method {method}: add {method}=V1,V2,...")
@@ -102,10 +102,13 @@ def check_settings(cfg: SweepConfig) -> None:
     cells = {}
     for variant in cfg.variants:
         adapter = variant.adapter(cfg.adapter)
-        same = cells.setdefault((adapter.method, *cfg.row_identity(variant).values()), variant.label)
+        key = (json.dumps(adapter.to_dict(), sort_keys=True, default=str), variant.lr, variant.rate_of)
+        same = cells.setdefault(key, variant.label)
         if same != variant.label:
-            raise SweepError(f"--methods {same} and {variant.label} are the same cells (ssm_mode "
-                             f"{adapter.ssm_mode}); keep one of them")
+            mode = f"ssm_mode {adapter.ssm_mode}, " if cfg.row_identity(variant)["ssm_mode"] else ""
+            rate = "no adapters" if variant.lr is None else f"r {adapter.r}, lr {variant.lr:g}"
+            raise SweepError(f"--methods {same} and {variant.label} are the same cells ({mode}{rate}); keep one "
+                             f"of them")
         if variant.trains_adapters and variant.lr is None:
             raise SweepError(f"--lr: method {variant.label!r} has no default learning rate: give --lr "
                              f"{variant.label}=VALUE")
