@@ -80,7 +80,8 @@ def render_report(sweep: Sweep, figure_names: list[str]) -> str:
               "## Environment", "", *key_value_table(environment_items(sweep)), "",
               "## Results", "",
               "Accuracy is the mean over successful seeds with its 95 % interval: t over seeds with 3+ seeds, "
-              "else Wilson over the n test documents. `probe` is the linear-probe head alone on the frozen model "
+              "else Wilson over the n test documents; the seed spread is its standard deviation over the seeds and "
+              "their range. `probe` is the linear-probe head alone on the frozen model "
               "(same documents). Costs are means over successful seeds.", "", *results_table(sweep), ""]
     lines += extrapolation.report_lines(sweep)
     failures = failure_summary(sweep)
@@ -256,7 +257,8 @@ def environment_items(sweep: Sweep) -> list[tuple[str, str]]:
 
 def results_table(sweep: Sweep) -> list[str]:
     """Markdown table, one row per (method, length)."""
-    header = ["method", "L", "seeds ok/run", "status", "accuracy [95 % CI]", "n", "probe", "majority",
+    header = ["method", "L", "seeds ok/run", "status", "accuracy [95 % CI]", "seed spread: sd (min–max)", "n",
+              "probe", "majority",
               "train_peak_mb (MiB)",
               "real tokens/s", "step time (s)", "adapter params", "head params"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -269,7 +271,7 @@ def results_table(sweep: Sweep) -> list[str]:
         accuracy = next((a for a in accuracy_stats(sweep, series) if a.length == int(length)), None)
         probe = cell_stats(ok.drop_duplicates("seed")["probe_accuracy"], int(length))
         cells = [series, str(int(length)), f"{len(ok)}/{len(group)}", status, _accuracy_text(accuracy),
-                 _number(ok["n_test"].min(), ".0f"), _number(probe.mean, ".3f"),
+                 _spread_text(accuracy), _number(ok["n_test"].min(), ".0f"), _number(probe.mean, ".3f"),
                  _number(group["majority_rate"].mean(), ".2f"), _number(ok["train_peak_mb"].mean(), ".0f"),
                  _number(ok["real_tokens_per_s"].mean(), ".0f"), _number(ok["step_time_s"].mean(), ".3f"),
                  _number(group["adapter_params"].median(), ".0f"), _number(group["head_params"].median(), ".0f")]
@@ -287,6 +289,14 @@ def _accuracy_text(stats) -> str:
     if stats.has_interval:
         return f"{stats.mean:.3f} [{stats.low:.3f}, {stats.high:.3f}]"
     return f"{stats.mean:.3f}"
+
+
+def _spread_text(stats) -> str:
+    """Seed-to-seed spread of one accuracy: standard deviation over the seeds and the range (2+ seeds)."""
+    if stats is None or len(stats.values) < 2:
+        return "–"
+    values = stats.values
+    return f"{values.std(ddof=1):.3f} ({values.min():.3f}–{values.max():.3f})"
 
 
 def _number(value: float, fmt: str) -> str:

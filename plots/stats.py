@@ -4,10 +4,11 @@
   test documents are the only sampling unit. (Wilson rather than the normal approximation: it stays inside
   [0, 1] and keeps its coverage at n = 50 and accuracies near 0 or 1.)
 - Paired difference of two methods scored on the same test documents (and the same seeds): the mean
-  difference in accuracy, a 95 % percentile-bootstrap interval that resamples documents (and seeds, where there
-  are several: a two-level bootstrap, since seeds and documents both vary), and McNemar's exact p-value on the
-  discordant pairs (pooled over seeds; with several seeds the same documents repeat, so the p-value is only a
-  companion of the bootstrap interval, which is what the report's wording follows).
+  difference in accuracy, a 95 % percentile-bootstrap interval that resamples documents and, where there are
+  several seeds, seeds first and documents within each (a two-level bootstrap: seeds and documents both vary),
+  and McNemar's exact p-value on the discordant pairs (pooled over seeds; with several seeds the same documents
+  repeat, so the p-value is only a companion of the bootstrap interval).
+- Holm's step-down correction over the tests of one claim (the verdict table, plots.verdict).
 
 numpy and scipy only, so the plots stay free of torch.
 """
@@ -24,6 +25,19 @@ from ssmlora.results import wilson_interval  # noqa: F401  (one Wilson interval 
 
 BOOTSTRAP_SAMPLES = 4000
 BOOTSTRAP_SEED = 0  # a fixed generator: the report of one sweep is the same on every run
+_CHUNK = 500  # bootstrap draws per block
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order: sorted ascending, the i-th smallest (from 0) is
+    multiplied by (m - i), made monotone by a running maximum, and capped at 1. Controls the family-wise error
+    rate over the m tests of one claim, without assuming they are independent."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    adjusted, running = [0.0] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
@@ -64,12 +78,14 @@ class PairedDifference:
 
 
 def paired_difference(correct_a, correct_b, samples: int = BOOTSTRAP_SAMPLES,
-                      seed: int = BOOTSTRAP_SEED) -> PairedDifference:
+                      seed: int = BOOTSTRAP_SEED, resample_seeds: bool = True) -> PairedDifference:
     """`correct_a`, `correct_b`: 0/1 arrays of shape (seeds, documents), the same documents in the same order.
 
-    The bootstrap draws documents with replacement (the same draw for A and B: that is the pairing) and, with
-    several seeds, seeds with replacement too; the interval is the 2.5 and 97.5 percentiles of the drawn
-    differences.
+    With several seeds the bootstrap is two-level: it draws seeds with replacement and, within each drawn seed,
+    documents with replacement (the same draw for A and B: that is the pairing), so a run whose seeds disagree
+    gets a wide interval. `resample_seeds=False` draws documents only and keeps every seed (the interval of one
+    fixed set of seeds; it ignores seed-to-seed variance). The interval is the 2.5 and 97.5 percentiles of the
+    drawn differences.
     """
     a = np.atleast_2d(np.asarray(correct_a, dtype=float))
     b = np.atleast_2d(np.asarray(correct_b, dtype=float))
@@ -79,14 +95,16 @@ def paired_difference(correct_a, correct_b, samples: int = BOOTSTRAP_SAMPLES,
     delta = a - b
     seeds, docs = delta.shape
     rng = np.random.default_rng(seed)
-    doc_draw = rng.integers(0, docs, size=(samples, docs))
-    if seeds > 1:
-        seed_draw = rng.integers(0, seeds, size=(samples, seeds))
-        # mean over drawn seeds of the mean over drawn documents (one document draw shared by the seeds)
-        per_doc = delta[seed_draw[:, :, None], doc_draw[:, None, :]]
-        boot = per_doc.mean(axis=(1, 2))
-    else:
-        boot = delta[0][doc_draw].mean(axis=1)
+    boot = np.empty(samples)
+    for start in range(0, samples, _CHUNK):  # chunks bound the memory of the index arrays
+        n = min(_CHUNK, samples - start)
+        if seeds > 1 and resample_seeds:
+            seed_draw = rng.integers(0, seeds, size=(n, seeds))
+            doc_draw = rng.integers(0, docs, size=(n, seeds, docs))
+            boot[start:start + n] = delta[seed_draw[:, :, None], doc_draw].mean(axis=(1, 2))
+        else:
+            doc_draw = rng.integers(0, docs, size=(n, docs))
+            boot[start:start + n] = delta[:, doc_draw].mean(axis=(0, 2))
     low, high = np.percentile(boot, [2.5, 97.5])
     only_a = int(((a == 1) & (b == 0)).sum())
     only_b = int(((a == 0) & (b == 1)).sum())

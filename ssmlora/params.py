@@ -36,7 +36,12 @@ def parameter_table(model: str, targets: str = "all", r: int = 8, num_labels: in
 
 def adapter_parameters(model: str, adapter: AdapterConfig, num_labels: int = 2) -> int:
     """Adapter parameters (head excluded) that `adapter` puts on `model`, counted on the meta device."""
-    return counts(model_config(model, num_labels), adapter)["adapter_params"]
+    return _adapter_parameters(model, num_labels, json.dumps(adapter.to_dict(), sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=64)  # a sweep's configuration is built many times; the count never changes
+def _adapter_parameters(model: str, num_labels: int, adapter_json: str) -> int:
+    return counts(model_config(model, num_labels), AdapterConfig.from_dict(json.loads(adapter_json)))["adapter_params"]
 
 
 def counts(config, adapter: AdapterConfig) -> dict:

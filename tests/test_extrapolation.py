@@ -23,9 +23,9 @@ def env(tmp_path_factory):
 
 
 def tiny_args(env, out, *extra) -> list[str]:
-    return ["--model", str(env["bert"]), "--task", "topic-mix", "--cache-dir", str(env["cache"]),
-            "--n-train", "16", "--n-validation", "4", "--n-test", "8", "--max-steps", "2",
-            "--tokens-per-step", "256", "--lr", "5e-3", "--out", str(out), "--name", "s", *extra]
+    return ["--methods", "lora,ssmlora", "--seeds", "0", "--model", str(env["bert"]), "--task", "topic-mix",
+            "--cache-dir", str(env["cache"]), "--n-train", "16", "--n-validation", "4", "--n-test", "8",
+            "--max-steps", "2", "--tokens-per-step", "256", "--lr", "5e-3", "--out", str(out), "--name", "s", *extra]
 
 
 def rows_of(path):
@@ -188,7 +188,7 @@ def test_extrapolation_differences_find_a_planted_difference_and_none_between_tw
         code = main(["--model", str(env["bert"]), "--cache-dir", str(tmp_path / "data"), "--task", "planted",
                      "--max-steps", "1", "--tokens-per-step", "256", "--lengths", "64", "--eval-lengths", "2x",
                      "--in-process", "--out", str(tmp_path), "--name", "p", "--probe-examples", "40",
-                     "--min-eval", "100", "--methods", "lora,twin,blind"])
+                     "--min-eval", "100", "--methods", "lora,twin,blind", "--seeds", "0"])
         assert code == 0
         found = {(k["eval_len"], k["a"], k["b"], k["b_eval_len"]): d for k, d in differences(load_sweep(tmp_path / "p"))}
         twins = found[(128, "twin", "lora", 128)]

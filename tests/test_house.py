@@ -98,7 +98,7 @@ def test_a_method_registered_from_a_test_file_runs_a_tiny_sweep(tmp_path):
         env = tiny_sweep_env(tmp_path, [64], n_train=16, n_validation=4, n_test=8)
         code = main(["--model", str(env["bert"]), "--cache-dir", str(env["cache"]), "--n-train", "16",
                      "--n-validation", "4", "--n-test", "8", "--max-steps", "2", "--tokens-per-step", "256",
-                     "--lengths", "64", "--methods", "lora,bias", "--in-process", "--out", str(tmp_path),
+                     "--lengths", "64", "--seeds", "0", "--methods", "lora,bias", "--in-process", "--out", str(tmp_path),
                      "--name", "s"])
         rows = (tmp_path / "s" / "results.csv").read_text()
         assert code == 0 and ",bias,," in rows and ",lora,," in rows
@@ -120,5 +120,5 @@ def test_readme_fits_a_screen_its_links_resolve_and_its_main_command_validates(t
     out = subprocess.run([sys.executable, *command, "--dry-run", "--out", str(tmp_path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "8 cells" in out.stdout
+    assert "60 cells" in out.stdout  # 5 entries (2 methods, 3 controls) x 4 lengths x 3 seeds
     assert any("pytest" in b for b in blocks)

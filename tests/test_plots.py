@@ -417,3 +417,16 @@ def test_cli_compare_bad_input_is_one_line_error(tmp_path, capsys):
         main(["compare", str(FIXTURES / "sweep_one_seed"), str(tmp_path / "nowhere")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: no sweep folder at {tmp_path / 'nowhere'}"
+
+
+def test_report_gives_the_seed_spread_of_every_method_at_every_length(three):
+    """The results table's seed spread: sd over the ok seeds and their range, from results.csv; one seed: none."""
+    from plots.report import results_table
+
+    lines = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in results_table(three)[2:]}
+    values = seed_values("sweep_three_seeds", "lora", 512, "accuracy")
+    expected = f"{statistics.stdev(values):.3f} ({min(values):.3f}\u2013{max(values):.3f})"
+    assert f"| {expected} |" in lines["lora", "512"]
+    assert len(lines) == len({(r["variant"], r["max_len"]) for r in fixture_rows("sweep_three_seeds")})
+    one = load_sweep(FIXTURES / "sweep_one_seed")
+    assert all(line.split("|")[6].strip() == "\u2013" for line in results_table(one)[2:])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from plots.stats import mcnemar_exact, paired_difference, wilson_interval
+from plots.stats import holm, mcnemar_exact, paired_difference, wilson_interval
 
 
 def test_wilson_matches_the_hand_formula_and_scipy():
@@ -68,3 +68,28 @@ def test_bootstrap_interval_has_about_the_normal_width_and_covers_seeds():
     assert d.low < d.diff < d.high
     with pytest.raises(ValueError, match="one equal, non-empty shape"):
         paired_difference(a, b[:, :10])
+
+
+def test_a_planted_seed_effect_widens_the_two_level_interval():
+    """One seed shifted: A gains on 30 % of the documents in seed 2 only. The documents-only interval sees one
+    fixed set of seeds and stays narrow; the two-level one resamples seeds and widens (several times here)."""
+    rng = np.random.default_rng(1)
+    b = rng.integers(0, 2, size=(3, 200))
+    a = b.copy()
+    a[2] = np.where(rng.random(200) < 0.3, 1, b[2])
+    two_level = paired_difference(a, b)
+    documents_only = paired_difference(a, b, resample_seeds=False)
+    assert two_level.diff == documents_only.diff > 0
+    assert (two_level.high - two_level.low) > 3 * (documents_only.high - documents_only.low)
+    # without a seed effect (every seed the same outcomes), the seed level adds little
+    same = np.repeat(a[2:3], 3, axis=0), np.repeat(b[2:3], 3, axis=0)
+    calm, fixed = paired_difference(*same), paired_difference(*same, resample_seeds=False)
+    assert (calm.high - calm.low) < 1.3 * (fixed.high - fixed.low)
+
+
+def test_holm_against_a_hand_computed_case():
+    """p = 0.01, 0.04, 0.03, 0.005 (m = 4). Sorted: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06;
+    0.04 x 1 = 0.04, raised to the running maximum 0.06. Back in input order:"""
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([]) == [] and holm([0.2]) == [0.2]

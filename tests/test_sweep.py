@@ -30,9 +30,9 @@ def env(tmp_path_factory):
 
 
 def tiny_args(env, out, *extra) -> list[str]:
-    return ["--model", str(env["bert"]), "--task", "topic-mix", "--cache-dir", str(env["cache"]),
-            "--n-train", "16", "--n-validation", "4", "--n-test", "8", "--max-steps", "2",
-            "--tokens-per-step", "256", "--lr", "5e-3", "--out", str(out), "--name", "s", *extra]
+    return ["--methods", "lora,ssmlora", "--seeds", "0", "--model", str(env["bert"]), "--task", "topic-mix",
+            "--cache-dir", str(env["cache"]), "--n-train", "16", "--n-validation", "4", "--n-test", "8",
+            "--max-steps", "2", "--tokens-per-step", "256", "--lr", "5e-3", "--out", str(out), "--name", "s", *extra]
 
 
 def rows_of(path: Path) -> list[dict]:

@@ -31,21 +31,24 @@ from ssmlora.params import adapter_parameters
 SECTIONS = ("model", "adapter", "optim", "data", "runtime")
 GRID = ("methods", "lengths", "seeds")
 NOT_FLAT = {("adapter", "method")}  # the grid's `methods` supplies it per cell
+# The two methods and the controls that tell their difference from their rates and sizes (ssmlora.lab.variants)
+DEFAULT_METHODS = ("lora", "ssmlora", "lora-at-ssmlora-lr", "ssmlora-at-lora-lr", "lora-at-ssmlora-params")
 
 
 @dataclass
 class SweepConfig:
     """Everything that defines a sweep: the grid and the settings every cell shares."""
 
-    methods: list[str] = field(default_factory=lambda: ["lora", "ssmlora"], metadata={
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS), metadata={
         "help": "grid: adapter methods from the registry, comma-separated (lora, ssmlora, frozen or your own); "
         "METHOD:VARIANT sets the method's variant for that entry alone, e.g. ssmlora:depth,ssmlora:scan "
         "(ssmlora's variant is its ssm_mode; plain ssmlora uses --ssm-mode); or a registered control: "
         f"{', '.join(control_names())} (docs/adapters.md)"})
     lengths: list[int] = field(default_factory=lambda: [512, 1024, 2048, 4096], metadata={
         "help": "grid: context lengths L in tokens"})
-    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "grid: seeds, comma-separated", "ge": 0,
-                                                                   "integer": True})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={
+        "help": "grid: seeds, comma-separated; the paired intervals resample seeds, then documents within each",
+        "ge": 0, "integer": True})
     model: ModelConfig = field(default_factory=ModelConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
