@@ -65,16 +65,20 @@ class PairedDifference:
         """True when the 95 % interval excludes 0: the only case in which the report states a difference."""
         return self.low > 0 or self.high < 0
 
-    def describe(self, a: str, b: str) -> str:
-        """One sentence for report.md: a difference only when the interval excludes 0."""
+    def describe(self, a: str, b: str, p_holm: float | None = None) -> str:
+        """One sentence for report.md: a difference only when the interval excludes 0 and, given `p_holm` (the
+        McNemar p corrected over the lengths of its comparison), that corrected test agrees (p_holm < 0.05)."""
         ci = f"95 % CI [{self.low:+.3f}, {self.high:+.3f}]"
         basis = f"{self.n_docs} test documents x {self.n_seeds} seed{'s' if self.n_seeds != 1 else ''}"
+        p = f"McNemar p = {self.p_mcnemar:.3g}" + ("" if p_holm is None else f", Holm-corrected {p_holm:.3g}")
         if not self.detected:
             return (f"{a} vs {b}: no detectable difference at this budget ({ci}; difference {self.diff:+.3f}, "
-                    f"McNemar p = {self.p_mcnemar:.3g}, {basis}).")
+                    f"{p}, {basis}).")
+        if p_holm is not None and p_holm >= 0.05:
+            return (f"{a} vs {b}: no difference stated: the interval excludes 0 but the corrected test does not "
+                    f"agree ({ci}; difference {self.diff:+.3f}, {p}, {basis}).")
         word = "higher" if self.diff > 0 else "lower"
-        return (f"{a} is {abs(self.diff):.3f} {word} in accuracy than {b} ({ci}, McNemar p = {self.p_mcnemar:.3g}, "
-                f"{basis}).")
+        return f"{a} is {abs(self.diff):.3f} {word} in accuracy than {b} ({ci}, {p}, {basis})."
 
 
 def paired_difference(correct_a, correct_b, samples: int = BOOTSTRAP_SAMPLES,

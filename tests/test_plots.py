@@ -325,8 +325,9 @@ def test_summary_states_measured_ratios_with_seed_counts(three):
     # the longest length with 3 seeds on both sides gets its own line, with the interval verdict
     interval_line = next(l for l in lines if l.startswith("At L=1024"))
     assert "n=3 vs 3 seeds" in interval_line
+    from plots.differences import differences
     from plots.report import difference_lines  # the fixtures keep no predictions.csv: nothing is paired or stated
-    assert difference_lines(three) == ["No per-document predictions (predictions.csv) to pair: no accuracy "
+    assert difference_lines(differences(three)) == ["No per-document predictions (predictions.csv) to pair: no accuracy "
                                        "difference is stated."]
 
 

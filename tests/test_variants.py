@@ -130,6 +130,9 @@ def test_each_control_reaches_its_cell_with_the_stated_rate_and_size(env, tmp_pa
     assert config["resolved"]["variants"]["lora-at-ssmlora-lr"]["matched_to"] == "ssmlora"
     report = (tmp_path / "s" / "report.md").read_text()
     assert "- `lora-at-ssmlora-params`: lora, r=" in report and "Control: LoRA at the rank" in report
+    verdict = [line.split(" | ")[1] for line in report.split("## Summary")[0].splitlines() if line.startswith("| C")]
+    assert verdict == ["ssmlora - lora", "ssmlora - lora-at-ssmlora-params", "ssmlora - lora",
+                       "ssmlora - lora-at-ssmlora-lr", "ssmlora - lora", "ssmlora - lora-at-ssmlora-lr"]
     pairs = [line.split(": ")[1] for line in report.splitlines() if line.startswith("- L=64: ")]
     # each control against its counterpart, the LoRA side second; then every entry against the probe
     assert pairs[:4] == ["ssmlora vs lora", "ssmlora vs lora-at-ssmlora-lr", "ssmlora-at-lora-lr vs lora",

@@ -1,0 +1,107 @@
+"""The verdict table: planted equivalence, a planted gap, Holm within a claim, and the report that opens with it."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from plots.stats import PairedDifference, paired_difference
+from plots.verdict import MARGIN, judge, table_lines, verdicts
+
+
+def _planted(gap: float, seeds: int = 3, docs: int = 400) -> PairedDifference:
+    """B right on half the documents; A the same, plus `gap` x docs of B's wrong ones, in every seed."""
+    b = np.zeros((seeds, docs), dtype=int)
+    b[:, : docs // 2] = 1
+    a = b.copy()
+    a[:, docs // 2: docs // 2 + int(round(gap * docs))] = 1
+    return paired_difference(a, b)
+
+
+def test_twin_methods_are_judged_equivalent():
+    twin = _planted(0.0)
+    assert (twin.low, twin.high) == (0.0, 0.0)
+    word, why, _ = judge("C1", {"L=512": twin, "L=1024": twin})
+    assert word == "supported" and f"+-{MARGIN:g}" in why
+
+
+def test_too_few_documents_cannot_support_equivalence():
+    """Eight twin documents agree everywhere, so the bootstrap interval is [0, 0]; 3/8 bounds nothing near 0.03."""
+    word, why, _ = judge("C1", {"L=512": _planted(0.0, seeds=1, docs=8)})
+    assert word == "inconclusive" and "too few test documents at L=512" in why
+
+
+def test_a_planted_gap_of_ten_points_contradicts_equivalence():
+    gap = _planted(0.10)
+    assert gap.low > MARGIN and gap.p_mcnemar < 1e-6
+    word, why, at = judge("C1", {"L=512": _planted(0.0), "L=1024": gap})
+    assert (word, at) == ("contradicted", "L=1024") and "Holm" in why
+    # C2 (better on longer inputs): the same gap in SSMLoRA's favour supports it; against it contradicts
+    assert judge("C2", {"L=1024": gap})[0] == "supported"
+    flipped = PairedDifference(-gap.diff, -gap.high, -gap.low, gap.p_mcnemar, gap.n_docs, gap.n_seeds)
+    assert judge("C2", {"L=1024": flipped})[0] == "contradicted"
+    # no gain at all (twins) contradicts "better", a noisy small one is inconclusive
+    assert judge("C2", {"L=1024": _planted(0.0)})[0] == "contradicted"
+    noisy = PairedDifference(0.02, -0.05, 0.09, 0.3, 100, 1)
+    assert judge("C2", {"L=1024": noisy})[0] == "inconclusive"
+    assert judge("C1", {"L=1024": noisy})[0] == "inconclusive"
+
+
+def test_holm_decides_whether_a_difference_counts():
+    """p = 0.02 alone is shown; with three other lengths at p = 0.5, Holm's 4 x 0.02 = 0.08 is not: the interval
+    excludes 0 but the corrected test does not agree, so nothing is claimed."""
+    edge = PairedDifference(0.06, 0.01, 0.11, 0.02, 200, 3)
+    flat = PairedDifference(0.0, -0.04, 0.04, 0.5, 200, 3)
+    assert judge("C2", {"L=1024": edge})[0] == "supported"
+    assert judge("C2", {"L=1024": edge, "L=2048": flat, "L=4096": flat, "L=8192": flat})[0] == "inconclusive"
+
+
+def test_rows_per_claim_and_control_and_the_table():
+    eq, gap = _planted(0.0), _planted(0.10)
+    sweep = SimpleNamespace(series=["lora", "ssmlora", "lora-at-ssmlora-lr"])
+    trained = {("ssmlora", "lora"): {512: eq, 1024: gap}, ("ssmlora", "lora-at-ssmlora-lr"): {512: eq, 1024: eq}}
+    extrapolated = [({"train_len": 512, "eval_len": 1024, "a": "lora", "b": "ssmlora", "b_eval_len": 1024}, gap)]
+    rows = verdicts(sweep, trained, extrapolated)
+    assert [(r.claim, r.comparison, r.word) for r in rows] == [
+        ("C1", "ssmlora - lora", "contradicted"), ("C2", "ssmlora - lora", "supported"),
+        ("C2", "ssmlora - lora-at-ssmlora-lr", "contradicted"), ("C3", "ssmlora - lora", "contradicted"),
+        ("C3", "ssmlora - lora-at-ssmlora-lr", "inconclusive")]
+    assert rows[3].estimate.diff == pytest.approx(-0.10)  # computed as lora - ssmlora, turned round
+    assert rows[1].at == "L=1024" and rows[1].detectable() == pytest.approx(
+        2.8016 * (gap.high - gap.low) / 3.9199, rel=1e-3)
+    assert rows[0].estimate is gap and rows[2].detectable() == pytest.approx(3 / 400)  # twins: the 3/n floor
+    assert rows[4].estimate is None and "not measured" in rows[4].why
+    lines = table_lines(rows, "")
+    assert lines[0].startswith("| claim | comparison | estimate | 95 % interval |") and len(lines) == 2 + 5 + 2
+    assert "| **supported** |" in lines[3]
+
+
+def test_a_listed_difference_needs_the_corrected_test_to_agree():
+    """The report's list of paired differences: an interval excluding 0 with a Holm-corrected p of 0.08 states
+    no difference; with 0.01 it does."""
+    edge = PairedDifference(0.06, 0.01, 0.11, 0.02, 200, 3)
+    assert edge.describe("a", "b", 0.08).startswith("a vs b: no difference stated: the interval excludes 0 but the "
+                                                    "corrected test does not agree (95 % CI [+0.010, +0.110]")
+    assert edge.describe("a", "b", 0.01).startswith("a is 0.060 higher in accuracy than b (95 % CI [+0.010, +0.110], "
+                                                    "McNemar p = 0.02, Holm-corrected 0.01")
+
+
+def test_the_report_opens_with_the_verdict_table(tmp_path):
+    """A sweep without predictions.csv (the fixture): every claim is there, each with its word and why."""
+    import shutil
+    from pathlib import Path
+
+    from plots import make_report
+
+    folder = tmp_path / "three"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "sweep_three_seeds", folder)
+    make_report(folder)
+    report = (folder / "report.md").read_text()
+    lines = report.split("## Summary")[0].splitlines()
+    assert lines[4] == "## Verdict" and lines[6].startswith("| claim | comparison | estimate |")
+    rows = [line for line in lines if line.startswith("| C")]
+    assert [r.split("|")[1].strip()[:2] for r in rows] == ["C1", "C2", "C3"]
+    assert all("**inconclusive**" in r and "not measured" in r for r in rows)
+    assert "Holm-corrected McNemar p" in report.split("## Summary")[0]
