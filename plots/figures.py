@@ -21,6 +21,7 @@ from plots.data import (PROBE_SERIES, CellStats, Sweep, accuracy_stats, cell_sta
                         failure_summary, n_test_by_length, pareto_front, scaling_exponent, series_stats)
 from plots.differences import difference_vs_length
 from plots.extrapolation import accuracy_vs_eval_length, load_extrapolation
+from plots.learning_curve import learning_curve_figure, load_curves
 from plots.style import (MAJORITY_MARKER, MAJORITY_STYLE, draw_failures, failure_legend_handles, figure_title,
                          method_colour, new_figure, outside_legend, readable_log_ticks, series_offset, style_axes)
 
@@ -411,4 +412,6 @@ def figures_for(sweep: Sweep) -> dict:
         figures[NEEDLE_FIGURE[0]] = NEEDLE_FIGURE[1]
     if load_extrapolation(sweep) is not None:
         figures["accuracy_vs_eval_length"] = accuracy_vs_eval_length
+    if len(load_curves(sweep.path)):
+        figures["learning_curve"] = lambda s: learning_curve_figure(load_curves(s.path), s.describe())
     return figures

@@ -15,6 +15,7 @@ from plots import extrapolation
 from plots.data import (Sweep, accuracy_stats, cell_stats, failure_summary, load_sweep, scaling_exponent,
                         series_stats)
 from plots.frontier import frontier_figure, frontier_section, read_frontier
+from plots.learning_curve import CAPTION as LEARNING_CURVE_CAPTION
 from plots.stats import holm
 from plots.verdict import table_lines, verdicts
 
@@ -37,6 +38,7 @@ FIGURE_CAPTIONS = {
     "trainable_parameters": "Trainable parameters: adapter and classifier head counted separately.",
     "needle_depth_heatmap": "Needle accuracy by needle depth (rows) and context length (columns).",
     "accuracy_vs_eval_length": extrapolation.CAPTION,
+    "learning_curve": LEARNING_CURVE_CAPTION,
 }
 REFERENCE_METHOD = "lora"
 

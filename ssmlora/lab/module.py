@@ -139,6 +139,9 @@ class AdapterClassifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")
+        # The optimizer steps behind this score, for the learning curves (plots.learning_curve): the logger's
+        # own `step` counts logging events, not optimizer steps.
+        self.log("val_after_steps", float(self.global_step), sync_dist=False)
 
     def on_test_epoch_start(self) -> None:
         self.predictions = []

@@ -14,7 +14,9 @@ import sys
 import typing
 
 from plots import make_report
+from plots.learning_curve import learning_curve_figure, load_curves
 from plots.report import tuning_lines
+from plots.style import save_figure
 from ssmlora.config import ConfigValueError
 from ssmlora.lab.memory import parse_size
 from ssmlora.lab.runtime import is_rank_zero
@@ -202,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.optim.tune_only:
         print("\n".join(tuning_lines(json.loads((folder / "config.json").read_text()))))
         print(f"tuning: {folder / 'tune' / 'tuning.json'} (--tune-only: no sweep cell trained, test split unread)")
+        curves = load_curves(folder)
+        if len(curves):  # --val-every: the trials' validation curves
+            about = f"{cfg.data.task}, tuning trials (seed {cfg.seeds[0]}), validation split only"
+            paths = save_figure(learning_curve_figure(curves, about), folder / "tune", "learning_curve")
+            print(f"learning curves: {paths[0]}")
         return 0
     print(results_table(rows))
     print(f"results: {folder / 'results.csv'}")
