@@ -268,7 +268,13 @@ def n_test_by_length(sweep: Sweep) -> dict[int, int]:
 def cell_folder(sweep: Sweep, variant: str, length: int, seed: int) -> Path:
     """The folder of one cell: `cells/<entry>-L<len>-s<seed>`, the --methods entry with ':' as '-'
     (`ssmlora-scan-...` for ssmlora:scan)."""
-    return sweep.path / "cells" / f"{variant.replace(':', '-')}-L{int(length)}-s{int(seed)}"
+    return sweep.path / "cells" / cell_tag(variant, length, seed)
+
+
+def cell_tag(variant: str, length, seed) -> str:
+    """A cell's folder name, as the sweep writes it (`CellConfig.tag`): 'ssmlora:scan', 512, 0 ->
+    'ssmlora-scan-L512-s0'."""
+    return f"{variant.replace(':', '-')}-L{int(length)}-s{int(seed)}"
 
 
 def read_outcomes(path: Path) -> pd.DataFrame:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from plots.data import cell_tag
 from plots.style import figure_title, method_colour, new_figure, outside_legend, style_axes
 from ssmlora.results import read_results
 
@@ -33,14 +34,14 @@ def load_curves(folder: str | Path) -> pd.DataFrame:
     runs = []
     if (folder / "results.csv").exists():
         for r in read_results(folder / "results.csv"):
-            tag = f"{r['variant'].replace(':', '-')}-L{r['max_len']}-s{r['seed']}"
             lr = float(r["lr"]) if r.get("lr") else math.nan
-            runs.append((folder / "cells" / tag, r["variant"], int(r["max_len"]), int(r["seed"]), lr, "cell"))
+            runs.append((folder / "cells" / cell_tag(r["variant"], r["max_len"], r["seed"]), r["variant"],
+                         int(r["max_len"]), int(r["seed"]), lr, "cell"))
     config_path = folder / "config.json"
     tuning = (json.loads(config_path.read_text()).get("tuning") or {}) if config_path.exists() else {}
     for label, trials in (tuning.get("trials") or {}).items():
         for t in trials:
-            tag = f"{label.replace(':', '-')}-L{t['length']}-s{tuning['seed']}-lr{t['lr']:g}"
+            tag = f"{cell_tag(label, t['length'], tuning['seed'])}-lr{t['lr']:g}"  # as sweep.tune.trial_tag
             runs.append((folder / "tune" / tag, label, int(t["length"]), int(tuning["seed"]), float(t["lr"]), "trial"))
     frames = []
     for run_dir, series, length, seed, lr, source in runs:

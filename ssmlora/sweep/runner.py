@@ -84,7 +84,7 @@ def row_key(cfg: SweepConfig, cell: CellConfig) -> tuple[str, ...]:
 
 def base_row(cfg: SweepConfig, cell: CellConfig) -> dict:
     return {
-        "task": cfg.data.task, "model": cfg.model.model, "method": cell.method, **cfg.row_identity(cfg.variant(cell.label)),
+        "task": cfg.data.task, "model": cfg.model.model, "method": cell.method, **cfg.row_identity(cell.variant),
         "variant": cell.label, "max_len": cell.max_len, "seed": cell.seed, "precision": cfg.runtime.precision,
         "accelerator": cfg.runtime.device_type(), "devices": f"{cfg.runtime.devices}x{cfg.runtime.num_nodes}",
         "effective_batch": cell.batch_plan()[0], "lr": cell.lr, "selected_on": cell.selected_on,
@@ -211,7 +211,7 @@ def _keep_extrapolation(cfg: SweepConfig, cell: CellConfig, cell_dir: Path, resu
     if result.get("status") != "ok" or not result.get("extrapolation"):
         path.unlink(missing_ok=True)
         return
-    ident = {"method": cell.method, **cfg.row_identity(cfg.variant(cell.label)), "variant": cell.label,
+    ident = {"method": cell.method, **cfg.row_identity(cell.variant), "variant": cell.label,
              "seed": cell.seed}
     path.write_text(json.dumps([{**ident, **r} for r in result["extrapolation"]]))
 
