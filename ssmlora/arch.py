@@ -8,7 +8,7 @@ same for every family.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.nn as nn
 
@@ -24,6 +24,11 @@ class Family:
     roles: dict[str, str]  # relative module name -> role
     heads: tuple[str, ...]  # candidate (head module, final head linear) paths, first match wins
     fused_qkv: bool = False  # GPT-2's c_attn: one projection for q, k and v; it counts as q
+    # Fused projections adapted part by part: relative module name -> the roles of its equal output parts, in
+    # output order (ModernBERT's Wqkv: q, k, v; its GLU input Wi: ffn-in, ffn-gate). Wanting one part puts an
+    # adapter on that part's output features; wanting every part adapts the whole projection (as PEFT does when
+    # it targets the module), under its first role.
+    fused: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # How a token may read the sequence: "causal" (decoders) or "bidirectional" (encoders); None = undeclared.
     # SSMLoRA's scan mode follows it when scan_direction is "auto".
     direction: str | None = None
@@ -54,10 +59,18 @@ GPT2 = Family(
     fused_qkv=True,
     direction="causal",
 )
+MODERNBERT = Family(
+    "modernbert",
+    {"attn.Wo": "o", "mlp.Wo": "ffn-out"},
+    heads=("classifier",),  # after the pretrained prediction head (`head`: dense, activation, norm), kept frozen
+    fused={"attn.Wqkv": ("q", "k", "v"), "mlp.Wi": ("ffn-in", "ffn-gate")},
+    direction="bidirectional",
+)
 FAMILIES = {
     "llama": LLAMA, "mistral": LLAMA, "qwen2": LLAMA, "qwen3": LLAMA,
     "bert": BERT, "roberta": BERT,
     "gpt2": GPT2,
+    "modernbert": MODERNBERT,
 }
 
 
@@ -84,6 +97,7 @@ class Site:
     name: str  # full module name inside the model
     role: str
     layer: int | None  # None for the head
+    out_slice: tuple[int, int] | None = None  # (start, stop) output features of a fused projection; None: all
 
 
 def is_projection(module: nn.Module) -> bool:
@@ -137,11 +151,12 @@ def select_sites(model: nn.Module, family: Family, method, targets, layers) -> l
     wanted_layers = set(range(n) if layers is None else layers)
     explicit = None if isinstance(targets, str) else set(targets)
     if explicit is not None:
-        unknown = sorted(t for t in explicit if t not in ROLES and not any(_names(rel, t) for rel in family.roles))
+        known = [*family.roles, *family.fused]
+        unknown = sorted(t for t in explicit if t not in ROLES and not any(_names(rel, t) for rel in known))
         if unknown:
             raise ValueError(
                 f"targets {unknown} match nothing in {model.config.model_type!r}: allowed are the roles "
-                f"{list(ROLES)} or the module names {sorted(family.roles)}"
+                f"{list(ROLES)} or the module names {sorted(known)}"
             )
 
     def wanted(role: str, rel: str | None, layer: int | None) -> bool:
@@ -152,12 +167,14 @@ def select_sites(model: nn.Module, family: Family, method, targets, layers) -> l
     sites = []
     for name, module in model.named_modules():
         match = _LAYER_RE.match(name)
-        if not match or not is_projection(module) or match["rel"] not in family.roles:
+        if not match or not is_projection(module) or int(match["idx"]) not in wanted_layers:
             continue
         layer, rel = int(match["idx"]), match["rel"]
-        role = family.roles[rel]
-        if layer in wanted_layers and wanted(role, rel, layer):
-            sites.append(Site(name, role, layer))
+        if rel in family.roles and wanted(family.roles[rel], rel, layer):
+            sites.append(Site(name, family.roles[rel], layer))
+        elif rel in family.fused:
+            sites += _fused_sites(name, module, family.fused[rel], [r for r in family.fused[rel]
+                                                                    if wanted(r, rel, layer)], layer)
     if wanted("head", None, None):
         sites.append(Site(find_head(model, family)[1], "head", None))
     if not sites:
@@ -166,6 +183,23 @@ def select_sites(model: nn.Module, family: Family, method, targets, layers) -> l
             f"{model.config.model_type!r}; its projection modules are {sorted(set(_relative_names(model)))}"
         )
     return sites
+
+
+def _fused_sites(name: str, module: nn.Module, roles: tuple[str, ...], wanted: list[str], layer: int) -> list[Site]:
+    """The site(s) on a fused projection: the whole of it when every part is wanted, else the one wanted part."""
+    if not wanted:
+        return []
+    if len(wanted) == len(roles):
+        return [Site(name, roles[0], layer)]
+    if len(wanted) > 1:
+        raise ValueError(
+            f"{name} fuses {', '.join(roles)} in one projection; one adapter can cover one part ({wanted[0]}) or all "
+            f"of them, not {' and '.join(wanted)} apart: choose targets that want one part of it per layer "
+            f"(the ssmlora scheme: q on even layers, v on odd ones) or every part (targets all for lora)"
+        )
+    width = module.out_features // len(roles)
+    start = roles.index(wanted[0]) * width
+    return [Site(name, wanted[0], layer, (start, start + width))]
 
 
 def _names(rel: str, target: str) -> bool:

@@ -49,7 +49,7 @@ def _wrap(model: nn.Module, site, method, config: AdapterConfig) -> AdapterLinea
     parent_name, _, child = site.name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     base = getattr(parent, child)
-    wrapper = method.wrap(base, config)
+    wrapper = method.wrap(base, config, site.out_slice)
     wrapper.train(base.training)  # a new module defaults to train mode; follow the model's mode
     setattr(parent, child, wrapper)
     return wrapper

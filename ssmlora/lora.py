@@ -51,10 +51,19 @@ class AdapterLinear(nn.Module):
     adapter_param_names: tuple[str, ...] = ()
     mergeable = False
 
-    def __init__(self, base: nn.Module, r: int, scaling: float, dropout: float):
+    def __init__(self, base: nn.Module, r: int, scaling: float, dropout: float,
+                 out_slice: tuple[int, int] | None = None):
         super().__init__()
         self.base = base
         self.in_features, self.out_features = projection_dims(base)
+        # A fused projection (ModernBERT's Wqkv: q, k and v side by side) may be adapted on one part of its
+        # output only: the update then has that part's width and is added to those output features alone.
+        self.out_slice = None if out_slice is None else (int(out_slice[0]), int(out_slice[1]))
+        if self.out_slice is not None:
+            start, stop = self.out_slice
+            if not 0 <= start < stop <= self.out_features:
+                raise ValueError(f"output slice {out_slice} outside the projection's {self.out_features} features")
+            self.out_features = stop - start
         self.r = r
         self.scaling = scaling
         self.dropout = MaskDropout(dropout) if dropout > 0 else nn.Identity()
@@ -69,7 +78,10 @@ class AdapterLinear(nn.Module):
         out = self.base(x)
         # In place: a projection's backward keeps its input and weight, never its output, so this is safe
         # and saves one activation of the layer's full width per adapter.
-        return out.add_(self.delta(x).to(out.dtype))
+        if self.out_slice is None:
+            return out.add_(self.delta(x).to(out.dtype))
+        out[..., self.out_slice[0]:self.out_slice[1]].add_(self.delta(x).to(out.dtype))
+        return out
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -79,7 +91,8 @@ class AdapterLinear(nn.Module):
         return x if torch.is_autocast_enabled(x.device.type) else x.to(self._param_kw["dtype"])
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, r={self.r}, scaling={self.scaling:g}"
+        part = "" if self.out_slice is None else f" (output features {self.out_slice[0]}:{self.out_slice[1]})"
+        return f"in={self.in_features}, out={self.out_features}{part}, r={self.r}, scaling={self.scaling:g}"
 
 
 class LoRALinear(AdapterLinear):
@@ -88,8 +101,9 @@ class LoRALinear(AdapterLinear):
     adapter_param_names = ("lora_A", "lora_B")
     mergeable = True
 
-    def __init__(self, base: nn.Module, r: int, scaling: float, dropout: float = 0.0):
-        super().__init__(base, r, scaling, dropout)
+    def __init__(self, base: nn.Module, r: int, scaling: float, dropout: float = 0.0,
+                 out_slice: tuple[int, int] | None = None):
+        super().__init__(base, r, scaling, dropout, out_slice)
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **self._param_kw))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, **self._param_kw))
         # Same init as PEFT's default (kaiming-uniform A, zero B).
@@ -105,5 +119,8 @@ class LoRALinear(AdapterLinear):
         """The base projection with `s · B A` folded into its weight (for inference without the adapter)."""
         update = (self.lora_B.float() @ self.lora_A.float()) * self.scaling
         weight = self.base.weight
+        if self.out_slice is not None:  # rows of an nn.Linear, columns of a Conv1D (stored in x out)
+            start, stop = self.out_slice
+            weight = weight[start:stop] if isinstance(self.base, nn.Linear) else weight[:, start:stop]
         weight += (update if isinstance(self.base, nn.Linear) else update.t()).to(weight.dtype)
         return self.base

@@ -40,16 +40,19 @@ class Method:
     description: str
     layer: type[AdapterLinear] | None = None  # None: no adapters, only the classifier head trains
     in_scheme: Callable[[str, int | None, str], bool] = lambda role, layer, targets: False
-    build: Callable[[nn.Module, "AdapterConfig"], AdapterLinear] | None = None  # default: layer(base, r, s, dropout)
+    # default: layer(base, r, s, dropout); with an output slice (one part of a fused projection) also out_slice=
+    build: Callable[..., AdapterLinear] | None = None
     link: Callable[[nn.Module, list["Site"], list[AdapterLinear], "AdapterConfig"], None] | None = None
     defaults: dict = field(default_factory=dict)  # sweep defaults, e.g. {"lr": 5e-4}
     identity: tuple[str, ...] = ()  # AdapterConfig fields recorded with each result row (e.g. ssm_mode)
     other_layers: tuple[type[AdapterLinear], ...] = ()  # further classes `build` may return (ssmlora's scan)
 
-    def wrap(self, base: nn.Module, config: "AdapterConfig") -> AdapterLinear:
+    def wrap(self, base: nn.Module, config: "AdapterConfig", out_slice: tuple[int, int] | None = None) -> AdapterLinear:
+        """The adapter layer around `base`; `out_slice` (start, stop): adapt only those output features."""
+        part = {} if out_slice is None else {"out_slice": out_slice}  # a build written before slices still works
         if self.build is not None:
-            return self.build(base, config)
-        return self.layer(base, config.r, config.scaling, config.dropout)
+            return self.build(base, config, **part)
+        return self.layer(base, config.r, config.scaling, config.dropout, **part)
 
     @property
     def mergeable(self) -> bool:
@@ -97,17 +100,19 @@ def _lora_scheme(role: str, layer: int | None, targets: str) -> bool:
 
 
 def _ssmlora_scheme(role: str, layer: int | None, targets: str) -> bool:
-    # The paper's sparse scheme: q on even layers, v on odd ones (a fused qkv counts as q), never k; with
+    # The paper's sparse scheme: q on even layers, v on odd ones (GPT-2's fused c_attn counts as q; ModernBERT's
+    # Wqkv is adapted on its q or v part), never k; with
     # targets=all also o, every FFN matrix and the classifier head.
     if role in QV:
         return layer % 2 == (0 if role == "q" else 1)
     return targets == "all" and role != "k"
 
 
-def _ssmlora_layer(base: nn.Module, config: "AdapterConfig") -> AdapterLinear:
+def _ssmlora_layer(base: nn.Module, config: "AdapterConfig", out_slice=None) -> AdapterLinear:
     if config.ssm_mode == "scan":  # its direction is set by _link_ssm_chains, which sees the model
-        return ScanLoRALinear(base, config.r, config.scaling, config.dropout, config.eps, config.norm)
-    return SSMLoRALinear(base, config.r, config.scaling, config.dropout, config.eps, config.norm)
+        return ScanLoRALinear(base, config.r, config.scaling, config.dropout, config.eps, config.norm,
+                              out_slice=out_slice)
+    return SSMLoRALinear(base, config.r, config.scaling, config.dropout, config.eps, config.norm, out_slice=out_slice)
 
 
 def _chain_key(site: "Site", mode: str) -> str:

@@ -234,8 +234,8 @@ class ScanLoRALinear(AdapterLinear):
     adapter_param_names = ("Wa", "Wb", "Wd", "decay_logit")
 
     def __init__(self, base: nn.Module, r: int, scaling: float, dropout: float = 0.0, eps: float = 1e-6,
-                 norm: str = "minmax", direction: str = "causal"):
-        super().__init__(base, r, scaling, dropout)
+                 norm: str = "minmax", direction: str = "causal", out_slice: tuple[int, int] | None = None):
+        super().__init__(base, r, scaling, dropout, out_slice)
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r}: choose one of {', '.join(NORMS)}")
         self.eps, self.norm, self.direction = eps, norm, validate_direction(direction)

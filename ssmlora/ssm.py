@@ -142,9 +142,10 @@ class SSMLoRALinear(AdapterLinear):
     adapter_param_names = ("Wa", "Wb", "Wc", "Wd")
 
     def __init__(
-        self, base: nn.Module, r: int, scaling: float, dropout: float = 0.0, eps: float = 1e-6, norm: str = "smooth"
+        self, base: nn.Module, r: int, scaling: float, dropout: float = 0.0, eps: float = 1e-6, norm: str = "smooth",
+        out_slice: tuple[int, int] | None = None,
     ):
-        super().__init__(base, r, scaling, dropout)
+        super().__init__(base, r, scaling, dropout, out_slice)
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r}: choose one of {', '.join(NORMS)}")
         self.eps, self.norm = eps, norm

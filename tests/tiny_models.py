@@ -8,6 +8,7 @@ from transformers import (
     BertConfig,
     GPT2Config,
     LlamaConfig,
+    ModernBertConfig,
     RobertaConfig,
 )
 
@@ -30,6 +31,11 @@ def tiny_config(family: str, **overrides):
     elif family == "gpt2":
         cfg = GPT2Config(vocab_size=128, n_embd=HIDDEN, n_inner=FFN, n_layer=LAYERS, n_head=4, n_positions=256, bos_token_id=1, eos_token_id=2,
                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+    elif family == "modernbert":  # every other layer global, a 16-token local window: both kinds of attention
+        cfg = ModernBertConfig(vocab_size=128, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
+                               num_attention_heads=4, max_position_embeddings=256, global_attn_every_n_layers=2,
+                               local_attention=16, bos_token_id=1, cls_token_id=1, eos_token_id=2, sep_token_id=2,
+                               **common)
     else:
         raise KeyError(family)
     for key, value in overrides.items():

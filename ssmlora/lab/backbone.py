@@ -209,7 +209,11 @@ def sentence_transformers_pooling(path: str) -> str | None:
 
 
 def use_mean_pooling(model: nn.Module) -> bool:
-    """Swap a BERT-style CLS pooler for `MaskedMeanPooler`; False if the model has no such pooler."""
+    """Swap a BERT-style CLS pooler for `MaskedMeanPooler`, or switch a model that pools by its config
+    (ModernBERT's `classifier_pooling`, already mask-aware) to its mean; False if the model has neither."""
+    if getattr(model.config, "classifier_pooling", None) in ("cls", "mean"):
+        model.config.classifier_pooling = "mean"
+        return True
     base = getattr(model, getattr(model, "base_model_prefix", ""), None)
     if base is None or getattr(base, "pooler", None) is None:
         return False
@@ -286,24 +290,30 @@ def load_backbone(
 def save_tiny_backbone(folder: str | Path, family: str = "bert", max_positions: int = 128, seed: int = 0) -> Path:
     """Save a tiny randomly initialised backbone with the default MiniLM tokenizer (tests, smoke runs).
 
-    Built with `from_config`, so nothing is downloaded. `family`: bert (absolute positions, extendable) or
-    llama (rotary, never extended past `max_positions`).
+    Built with `from_config`, so nothing is downloaded. `family`: bert or gpt2 (absolute positions, extendable),
+    llama, qwen3 or modernbert (rotary, never extended past `max_positions`).
     """
     import shutil
 
-    from transformers import AutoModelForSequenceClassification, BertConfig, LlamaConfig
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    size = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                max_position_embeddings=max_positions)
+    tiny = {
+        "bert": size,
+        "llama": {**size, "num_key_value_heads": 2, "pad_token_id": 0},
+        "qwen3": {**size, "num_key_value_heads": 2, "head_dim": 16, "pad_token_id": 0},
+        "gpt2": dict(vocab_size=30522, n_embd=32, n_layer=2, n_head=2, n_inner=64, n_positions=max_positions,
+                     pad_token_id=0, bos_token_id=101, eos_token_id=102),
+        # MiniLM's tokenizer: [PAD] 0, [CLS] 101, [SEP] 102; every other layer global, as ModernBERT-base
+        "modernbert": {**size, "pad_token_id": 0, "bos_token_id": 101, "cls_token_id": 101, "eos_token_id": 102,
+                       "sep_token_id": 102, "global_attn_every_n_layers": 2, "local_attention": 16},
+    }
+    if family not in tiny:
+        raise ValueError(f"unknown tiny family {family!r}: {' | '.join(tiny)}")
     folder = Path(folder)
     torch.manual_seed(seed)
-    if family == "bert":
-        config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, max_position_embeddings=max_positions)
-    elif family == "llama":
-        config = LlamaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                             num_key_value_heads=2, intermediate_size=64, max_position_embeddings=max_positions,
-                             pad_token_id=0)
-    else:
-        raise ValueError(f"unknown tiny family {family!r}: bert | llama")
+    config = AutoConfig.for_model(family, **tiny[family])
     AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(default_model_dir() / name, folder / name)
