@@ -130,6 +130,10 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     trainer = make_trainer(cfg, steps, callbacks, logger=CSVLogger(str(cell_dir), name="", version=""),
                            validate=validate, default_root_dir=str(cell_dir))
     dm = TaskDataModule(data, micro, cfg.seed, pad_id)
+    if validate:  # the learning curve's step 0: the head as the probe left it, on the same validation documents
+        trainer.validate(module, datamodule=dm, verbose=False)  # a checkpoint is only ever saved during fit
+        for metric in module.metrics.values():  # states made in inference mode would refuse fit's in-place updates
+            metric.reset()
     module.train()  # from_pretrained returns eval mode; adapter and hidden dropout must be live in training
     # Training's randomness (dropout) starts from the seed alone, whatever ran before: a cold or warm cache, the
     # probe, the memory count, the longest eval length.
