@@ -9,13 +9,13 @@ See docs/tasks.md for the task list, sizes and sources.
 from . import catalog as _catalog  # noqa: F401  (registers the tasks)
 from .build import build_task
 from .config import MAX_EXTENDED_LEN, MIN_LEN, BuildConfig, default_cache_dir
-from .hub import HubUnavailableError
+from .hub import HubUnavailableError, check_hub
 from .models import DEFAULT_MODEL, default_model_dir, resolve_model_path
 from .registry import TaskSpec, UnknownTaskError, get_task, list_tasks
 from .stats import describe, majority_rate, metadata, split_stats
 
 __all__ = [
     "DEFAULT_MODEL", "MAX_EXTENDED_LEN", "MIN_LEN", "default_model_dir", "resolve_model_path",
-    "BuildConfig", "HubUnavailableError", "TaskSpec", "UnknownTaskError", "build_task", "default_cache_dir",
+    "BuildConfig", "HubUnavailableError", "TaskSpec", "check_hub", "UnknownTaskError", "build_task", "default_cache_dir",
     "describe", "get_task", "list_tasks", "majority_rate", "metadata", "split_stats",
 ]

@@ -37,3 +37,6 @@ register(TaskSpec(
 register(TaskSpec(
     "boolq", "hub", ("false", "true"), "google/boolq (Clark et al. 2019; SuperGLUE)", "CC-BY-SA-3.0",
     "yes/no answer to a question (text_pair) about a Wikipedia passage (text)", hub.builder("boolq")))
+register(TaskSpec(
+    "arxiv", "hub", hub.ARXIV_LABELS, "ccdv/arxiv-classification (He et al. 2019, long-document arXiv papers)",
+    "unknown (arXiv papers; research use)", "subject class of a full arXiv paper (11 classes)", hub.builder("arxiv")))

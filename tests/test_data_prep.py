@@ -256,9 +256,28 @@ def test_listops_labels_equal_expression_values(built):
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.mark.parametrize("task, pair", [("imdb", False), ("boolq", True), ("contract_nli", True), ("hyperpartisan", False)])
+HUB_TASKS = [("imdb", False), ("boolq", True), ("contract_nli", True), ("hyperpartisan", False), ("arxiv", False)]
+
+
+def _parquet_fixture(task: str, folder: Path) -> Path:
+    """The task's fixture rows (tests/fixtures/hub_<task>/<split>.jsonl, in the source's schema) written as parquet,
+    the format the hub serves them in; a column with no value in a split (SCROLLS' unlabelled test outputs) is
+    typed string, as in the source."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted((FIXTURES / f"hub_{task}").glob("*.jsonl")):
+        table = pa.Table.from_pylist([json.loads(line) for line in path.read_text().splitlines()])
+        table = table.cast(pa.schema([pa.field(f.name, pa.string() if pa.types.is_null(f.type) else f.type)
+                                      for f in table.schema]))
+        pq.write_table(table, folder / f"{path.stem}.parquet")
+    return folder
+
+
+@pytest.mark.parametrize("task, pair", HUB_TASKS)
 def test_hub_conversion_on_local_fixtures(tmp_path, tok, task, pair):
-    ds = build_task(task, max_len=64, cache_dir=tmp_path, source=str(FIXTURES / f"hub_{task}"))
+    ds = build_task(task, max_len=64, cache_dir=tmp_path, source=str(_parquet_fixture(task, tmp_path / "src")))
     assert all(len(ds[s]) > 0 for s in ds)
     docs = [set(ds[s]["doc_id"]) for s in ds]
     assert not (docs[0] & docs[1] or docs[0] & docs[2] or docs[1] & docs[2])
@@ -269,6 +288,42 @@ def test_hub_conversion_on_local_fixtures(tmp_path, tok, task, pair):
             assert row["input_ids"][-len(q) - 1:-1] == q
     if task == "contract_nli":  # unlabelled SCROLLS test rows are dropped; validation serves as test
         assert all(d.startswith("contract_nli/va") for d in ds["test"]["doc_id"])
+
+
+@pytest.mark.parametrize("task", [t for t, _ in HUB_TASKS])
+def test_hub_tasks_read_the_pinned_parquet_files(tmp_path, monkeypatch, task):
+    """Without `source=`, a hub task reads `<config>/<split>/*.parquet` at the source's pinned revision (the hub's
+    parquet conversion) through datasets' parquet loader; here the hf:// paths are served from a local mirror."""
+    import datasets
+
+    import data_prep.hub as hub
+
+    src = hub.SOURCES[task]
+    fixture = _parquet_fixture(task, tmp_path / "fixture")
+    mirror = tmp_path / "mirror"
+    for ours, theirs in src.splits.items():
+        if (fixture / f"{theirs}.parquet").exists():
+            (mirror / theirs).mkdir(parents=True, exist_ok=True)
+            (fixture / f"{theirs}.parquet").rename(mirror / theirs / "0000.parquet")
+    asked, real = [], datasets.load_dataset
+
+    def served(path, data_files=None, **kw):
+        assert path == "parquet"
+        asked.append(data_files)
+        prefix = f"hf://datasets/{src.hub_id}@refs%2Fconvert%2Fparquet/{src.config or 'default'}/"
+        local = {}
+        for split, url in data_files.items():
+            assert url == f"{prefix}{split}/*.parquet"
+            if (mirror / split).exists():
+                local[split] = str(mirror / split / "*.parquet")
+        return real("parquet", data_files=local, **kw)
+
+    monkeypatch.setattr(hub, "check_hub", lambda task: None)
+    monkeypatch.setattr(datasets, "load_dataset", served)
+    ds = build_task(task, max_len=64, cache_dir=tmp_path / "cache")
+    assert len(asked) == 1 and src.revision == "refs/convert/parquet"
+    assert set(asked[0]) == set(src.splits.values())
+    assert all(len(ds[s]) > 0 for s in ds)
 
 
 def test_hub_task_offline_fails_fast(tmp_path, monkeypatch):

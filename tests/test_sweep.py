@@ -146,6 +146,21 @@ def test_bad_input_is_one_clear_line_before_training(env, tmp_path, capsys, case
         assert (tmp_path / "s" / "results.csv").read_text() == before  # never overwritten
 
 
+@pytest.mark.parametrize("task", ["contract_nli", "arxiv"])
+def test_a_hub_task_offline_is_one_line_and_exit_2_in_seconds(env, tmp_path, capsys, monkeypatch, task):
+    from ssmlora.sweep.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    capsys.readouterr()
+    start = time.perf_counter()
+    assert main(tiny_args(env, tmp_path, "--task", task)) == 2
+    assert time.perf_counter() - start < 5
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: hub task {task!r} needs the dataset hub") and err.count("\n") == 1
+    assert "its data is not cached at L = " in err and "Traceback" not in err
+    assert not (tmp_path / "s" / "cells").exists()
+
+
 def test_cell_peak_memory_does_not_depend_on_earlier_cells(env, tmp_path):
     cfg = SweepConfig.from_flat(model=str(env["bert"]), task="topic-mix", cache_dir=str(env["cache"]), max_steps=2,
                                 tokens_per_step=4096, micro_tokens=4096, lr={"*": 5e-3}, **SIZES)

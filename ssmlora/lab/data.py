@@ -94,8 +94,7 @@ def task_data(cfg: DataConfig, length: int, tokenizer: str, into: dict | None = 
     Fork, not spawn: the child sees tasks registered in this process. `into` gets the child's figures
     (`data_build_*` of `PhaseMeter`). Where fork is missing (Windows) the build runs here.
     """
-    kwargs = dict(task=cfg.task, max_len=length, tokenizer=tokenizer, truncation="head", cache_dir=cfg.cache_dir,
-                  seed=DATA_SEED, **cfg.sizes())
+    kwargs = _build_arguments(cfg, length, tokenizer)
     data = build_task(**kwargs, only_cached=True, in_memory=True)
     if data is not None:
         return data
@@ -112,6 +111,16 @@ def task_data(cfg: DataConfig, length: int, tokenizer: str, into: dict | None = 
         if into is not None:
             into.update(figures)
     return build_task(**kwargs, only_cached=True, in_memory=True)  # the child's datasets stay in the child
+
+
+def is_cached(cfg: DataConfig, length: int, tokenizer: str) -> bool:
+    """Is `cfg.task` at `length` in the data cache already (so building it needs no network)?"""
+    return build_task(**_build_arguments(cfg, length, tokenizer), only_cached=True) is not None
+
+
+def _build_arguments(cfg: DataConfig, length: int, tokenizer: str) -> dict:
+    return dict(task=cfg.task, max_len=length, tokenizer=tokenizer, truncation="head", cache_dir=cfg.cache_dir,
+                seed=DATA_SEED, **cfg.sizes())
 
 
 def _build_measured(kwargs: dict) -> dict:

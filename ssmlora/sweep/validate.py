@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
-from data_prep import MAX_EXTENDED_LEN, MIN_LEN, get_task
+from data_prep import MAX_EXTENDED_LEN, MIN_LEN, HubUnavailableError, check_hub, get_task, resolve_model_path
 from ssmlora.arch import scan_direction
 from ssmlora.config import ConfigValueError, check_value
 from ssmlora.lab.backbone import BackboneError, check_backbone
+from ssmlora.lab.data import is_cached
 from ssmlora.lab.module import TUNE_KNOBS
 from ssmlora.lab.runtime import external_launcher
 from ssmlora.methods import get_method
@@ -252,6 +253,20 @@ def check_eval_lengths(cfg: SweepConfig) -> None:
                          f"library's maximum of {MAX_EXTENDED_LEN}")
 
 
+def check_hub_data(cfg: SweepConfig) -> None:
+    """A hub task not yet in the data cache at every length needs the dataset hub: ask now, in seconds, rather
+    than let every cell fail on it."""
+    if get_task(cfg.data.task).kind != "hub":
+        return
+    tokenizer = resolve_model_path(cfg.model.model)
+    missing = [n for n in cfg.lengths if not is_cached(cfg.data, n, tokenizer)]
+    if missing:
+        try:
+            check_hub(cfg.data.task)
+        except HubUnavailableError as err:
+            raise SweepError(f"{err}; its data is not cached at L = {', '.join(map(str, missing))}") from None
+
+
 def validate(cfg: SweepConfig, out: Path, name: str | None, in_process: bool = False, repair: bool = False,
              warn=None) -> Path:
     """Every check that needs no training, cheapest first; returns the sweep folder (created)."""
@@ -269,6 +284,7 @@ def validate(cfg: SweepConfig, out: Path, name: str | None, in_process: bool = F
         raise SweepError(str(err)) from None
     check_scan_directions(cfg, info.model_type)
     check_eval_lengths(cfg)
+    check_hub_data(cfg)
     folder = Path(out) / (name or cfg.slug())
     check_folder(cfg, folder, repair, warn)
     return folder
