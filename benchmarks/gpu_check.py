@@ -63,8 +63,6 @@ class Part:
 
 
 def flash_attn_installed() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("flash_attn") is not None
 
 
@@ -91,13 +89,10 @@ def parts(out: Path, flash: bool) -> list[Part]:
 
 
 def save_models(folder: Path) -> None:
-    """The frontier's two backbones from configs, each saved with the offline MiniLM tokenizer (no weights read)."""
-    import shutil
+    """The frontier's two backbones from configs (random bf16 weights), each saved with the offline tokenizer."""
+    from transformers import ModernBertConfig
 
-    import torch
-    from transformers import AutoModelForSequenceClassification, LlamaConfig, ModernBertConfig
-
-    from data_prep import default_model_dir
+    from ssmlora.lab.backbone import save_with_default_tokenizer
 
     configs = {
         "llama-0.5b": LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=5504, num_hidden_layers=24,
@@ -107,12 +102,9 @@ def save_models(folder: Path) -> None:
                                             sep_token_id=102),
     }
     for name, config in configs.items():
-        target = folder / name
         torch.manual_seed(0)
-        with torch.device("cpu"):
-            AutoModelForSequenceClassification.from_config(config).save_pretrained(target)
-        for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-            shutil.copy(default_model_dir() / f, target / f)
+        model = AutoModelForSequenceClassification.from_config(config, dtype=torch.bfloat16)
+        save_with_default_tokenizer(model, folder / name)
 
 
 def memory_rows(out: Path) -> list[dict]:
@@ -295,7 +287,7 @@ def lean(args) -> int:
     if not torch.cuda.is_available():
         print("error: no CUDA GPU: this check needs one", file=sys.stderr)
         return 2
-    attns = ["sdpa"] + (["flash_attention_2"] if importlib.util.find_spec("flash_attn") else [])
+    attns = ["sdpa"] + (["flash_attention_2"] if flash_attn_installed() else [])
     if len(attns) == 1:
         print("flash_attn is not importable: sdpa only")
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, "

@@ -23,7 +23,6 @@ class Family:
     name: str
     roles: dict[str, str]  # relative module name -> role
     heads: tuple[str, ...]  # candidate (head module, final head linear) paths, first match wins
-    fused_qkv: bool = False  # GPT-2's c_attn: one projection for q, k and v; it counts as q
     # Fused projections adapted part by part: relative module name -> the roles of its equal output parts, in
     # output order (ModernBERT's Wqkv: q, k, v; its GLU input Wi: ffn-in, ffn-gate). Wanting one part puts an
     # adapter on that part's output features; wanting every part adapts the whole projection (as PEFT does when
@@ -55,8 +54,7 @@ BERT = Family(
 GPT2 = Family(
     "gpt2",
     {"attn.c_attn": "q", "attn.c_proj": "o", "mlp.c_fc": "ffn-in", "mlp.c_proj": "ffn-out"},
-    heads=("score",),
-    fused_qkv=True,
+    heads=("score",),  # c_attn computes q, k and v in one Conv1D; it is adapted whole and counts as q
     direction="causal",
 )
 MODERNBERT = Family(

@@ -293,8 +293,6 @@ def save_tiny_backbone(folder: str | Path, family: str = "bert", max_positions: 
     Built with `from_config`, so nothing is downloaded. `family`: bert or gpt2 (absolute positions, extendable),
     llama, qwen3 or modernbert (rotary, never extended past `max_positions`).
     """
-    import shutil
-
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     size = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -314,7 +312,15 @@ def save_tiny_backbone(folder: str | Path, family: str = "bert", max_positions: 
     folder = Path(folder)
     torch.manual_seed(seed)
     config = AutoConfig.for_model(family, **tiny[family])
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    return save_with_default_tokenizer(AutoModelForSequenceClassification.from_config(config), folder)
+
+
+def save_with_default_tokenizer(model: nn.Module, folder: str | Path) -> Path:
+    """Save `model` to `folder` with the offline MiniLM tokenizer beside it, so `--model <folder>` runs offline."""
+    import shutil
+
+    folder = Path(folder)
+    model.save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(default_model_dir() / name, folder / name)
     return folder
