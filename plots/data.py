@@ -2,7 +2,8 @@
 
 A sweep folder holds ``results.csv`` (the schema of :mod:`ssmlora.results`) and ``config.json``. This module
 reads both, converts the numeric columns, and offers the statistics every figure and the report share:
-mean and 95% t-interval over seeds, log-log scaling exponents, and the Pareto front. It imports neither
+mean and 95% t-interval over seeds of a cost, accuracies with the crossed-design interval of plots.stats (seeds
+and test documents both sampled), log-log scaling exponents, and the Pareto front. It imports neither
 matplotlib nor torch.
 """
 
@@ -11,13 +12,15 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from plots.source import SweepError, read_sweep_files  # noqa: F401 (SweepError re-exported)
-from plots.stats import PairedDifference, paired_difference, wilson_interval
+from plots.stats import (Accuracy, PairedDifference, accuracy_from_seed_rates, accuracy_interval,
+                         paired_difference)
 from ssmlora.results import NUMERIC_COLUMNS
 
 MIN_SEEDS_FOR_INTERVAL = 3
@@ -85,6 +88,11 @@ class Sweep:
         """True for a needle-in-a-haystack task (it has accuracy by needle depth)."""
         has_depth = self.table["accuracy_by_depth"].fillna("").str.strip().ne("").any()
         return bool(has_depth or self.task.startswith("needle"))
+
+    @cached_property
+    def predictions(self) -> pd.DataFrame:
+        """Per-document test outcomes of every ok cell (`load_predictions`), read once per Sweep."""
+        return load_predictions(self)
 
     def describe(self) -> str:
         """'task, model, N seeds' for figure titles."""
@@ -241,22 +249,32 @@ PROBE_SERIES = "probe"  # the linear-probe head alone (LP-FT's first stage), sco
 
 
 def accuracy_stats(sweep: Sweep, series: str) -> list[CellStats]:
-    """Accuracy per length with its 95 % interval: over seeds (t) with 3+ seeds, else Wilson over the n_test
-    documents of the mean accuracy (one seed: the test documents are the only sampling unit)."""
+    """Accuracy per length with its 95 % interval over seeds and test documents (plots.stats.accuracy_interval:
+    Wilson at the crossed design's effective documents), from the cells' per-document predictions; where a length
+    has none, from the seeds' accuracies and n_test (plots.stats.accuracy_from_seed_rates)."""
     column = "probe_accuracy" if series == PROBE_SERIES else "accuracy"
     rows = sweep.ok[sweep.ok[column].notna()]
     if series != PROBE_SERIES:
         rows = rows[rows["series"] == series]
+    outcomes = sweep.predictions[sweep.predictions["series"] == series]
     out = []
     for length, group in rows.groupby("max_len"):
         if series == PROBE_SERIES:  # one probe per (length, seed), repeated in every method's row
             group = group.drop_duplicates("seed")
-        stats = cell_stats(group[column], int(length))
-        n_test = int(group["n_test"].min()) if group["n_test"].notna().any() else 0
-        if not stats.has_interval and n_test:
-            stats.low, stats.high = wilson_interval(stats.mean * n_test, n_test)
-        out.append(stats)
+        grid = outcome_grid(outcomes[outcomes["max_len"] == length])
+        if grid.size:
+            accuracy = accuracy_interval(grid)
+        else:
+            n_test = int(group["n_test"].min()) if group["n_test"].notna().any() else 0
+            accuracy = accuracy_from_seed_rates(group[column].to_numpy(float), n_test)
+        out.append(accuracy_cell_stats(accuracy, int(length)))
     return out
+
+
+def accuracy_cell_stats(accuracy: Accuracy, length: int) -> CellStats:
+    """An accuracy with its interval as the CellStats the figures draw (values: each seed's accuracy)."""
+    return CellStats(length=length, values=np.asarray(accuracy.seed_values), mean=accuracy.mean, low=accuracy.low,
+                     high=accuracy.high)
 
 
 def n_test_by_length(sweep: Sweep) -> dict[int, int]:
@@ -308,6 +326,16 @@ def paired_at(predictions: pd.DataFrame, a: str, b: str, length: int) -> PairedD
     return paired_outcomes(at[at["series"] == a], at[at["series"] == b])
 
 
+def outcome_grid(rows: pd.DataFrame) -> np.ndarray:
+    """Outcomes (seed, doc_id, correct) as a (seeds, documents) 0/1 array over the documents every seed scored;
+    empty (shape (0, 0)) when there are none."""
+    if rows.empty:
+        return np.empty((0, 0))
+    grid = rows.pivot_table(index="seed", columns="doc_id", values="correct", aggfunc="first")
+    grid = grid.loc[:, ~grid.isna().any()]
+    return grid.to_numpy(float) if grid.shape[1] else np.empty((0, 0))
+
+
 def paired_outcomes(rows_a: pd.DataFrame, rows_b: pd.DataFrame) -> PairedDifference | None:
     """Paired difference of two sets of outcomes (seed, doc_id, correct), over the seeds and documents both
     have; None when they share none."""
@@ -318,9 +346,8 @@ def paired_outcomes(rows_a: pd.DataFrame, rows_b: pd.DataFrame) -> PairedDiffere
     if not len(seeds) or not len(docs):
         return None
     pa, pb = (g.loc[seeds, docs] for g in grids)
-    if pa.isna().any().any() or pb.isna().any().any():
-        keep = ~(pa.isna().any() | pb.isna().any())
-        pa, pb = pa.loc[:, keep], pb.loc[:, keep]
+    keep = ~(pa.isna().any() | pb.isna().any())
+    pa, pb = pa.loc[:, keep], pb.loc[:, keep]
     return paired_difference(pa.to_numpy(), pb.to_numpy()) if pa.shape[1] else None
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from plots.data import PROBE_SERIES, Sweep, comparison_pairs, load_predictions, paired_at
+from plots.data import PROBE_SERIES, Sweep, comparison_pairs, paired_at
 from plots.style import figure_title, method_colour, new_figure, outside_legend, series_offset, style_axes
 
 
 def differences(sweep: Sweep) -> dict[tuple[str, str], dict[int, object]]:
     """{(a, b): {length: PairedDifference}} for every pair the sweep supports (empty dicts left out)."""
-    predictions = load_predictions(sweep)
+    predictions = sweep.predictions
     present = set(predictions["series"])
     pairs = comparison_pairs([s for s in sweep.series if s in present], PROBE_SERIES in present, sweep.matched,
                              dict(zip(sweep.table["series"], sweep.table["method"])))

@@ -2,22 +2,23 @@
 test documents are read to, one line per (method, train length), each starting at its own train length; and the
 paired differences at every (train length, eval length), from the cells' per-document predictions.
 
-With one seed a point's bar is its Wilson 95 % interval (from the file); with 3+ seeds, the 95 % t-interval of
-the seed means, as in the other figures. Gids: ``extrapolation:<series>@<train_len>`` (line),
+A point's bar is its 95 % interval over seeds and test documents (plots.stats.accuracy_interval, from the
+per-document predictions; from the file's seed accuracies where those are missing), as in the other figures. Gids: ``extrapolation:<series>@<train_len>`` (line),
 ``majority`` (majority-class rate of the same documents).
 
 Paired differences (``extrapolation_differences.csv``, long format, one row per comparison): at each (train_len,
 eval_len), every pair of methods on the same documents and seeds (A later than B in the figures' method order,
 e.g. ssmlora:scan - lora), and, at an eval length beyond the train length, each method read to eval_len against
 itself at its train length (same cells, same documents: what reading further changed). plots.stats gives the
-difference, its 95 % bootstrap interval over documents (and seeds) and McNemar's exact p.
+difference, its 95 % crossed-bootstrap interval over seeds and documents and the document-level sign-flip p.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from plots.data import Sweep, cell_folder, cell_stats, paired_outcomes, read_outcomes, sort_series
+from plots.data import Sweep, cell_folder, outcome_grid, paired_outcomes, read_outcomes, sort_series
+from plots.stats import accuracy_from_seed_rates, accuracy_interval
 from plots.style import (MAJORITY_STYLE, figure_title, method_colour, new_figure, outside_legend, series_offset,
                          style_axes)
 from ssmlora.results import EXTRAPOLATION_COLUMNS, EXTRAPOLATION_FILE
@@ -26,11 +27,11 @@ LINESTYLES = ("-", "--", ":", "-.")
 DIFFERENCES_FILE = "extrapolation_differences.csv"
 # b_eval_len: the length B's documents were read to (eval_len for a pair of methods, train_len for a method
 # against itself); detected: the 95 % interval excludes 0, the only case in which the report states a difference
-DIFFERENCE_COLUMNS = ("train_len", "eval_len", "a", "b", "b_eval_len", "diff", "ci_low", "ci_high", "p_mcnemar",
+DIFFERENCE_COLUMNS = ("train_len", "eval_len", "a", "b", "b_eval_len", "diff", "ci_low", "ci_high", "p_value",
                       "n_docs", "n_seeds", "detected")
 CAPTION = ("Length extrapolation: each cell trained at L is scored on its own test documents read further (x "
-           "axis); one line per (method, train length), starting at L. Bars: Wilson 95% interval (one seed) or "
-           "95% t-interval (3+ seeds); majority-class rate dashed.")
+           "axis); one line per (method, train length), starting at L. Bars: 95% interval over seeds and test "
+           "documents; majority-class rate dashed.")
 
 
 def load_extrapolation(sweep: Sweep) -> pd.DataFrame | None:
@@ -47,24 +48,24 @@ def load_extrapolation(sweep: Sweep) -> pd.DataFrame | None:
     return table
 
 
-def points(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per (series, train_len, eval_len): mean accuracy over seeds and its interval."""
+def points(sweep: Sweep, table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (series, train_len, eval_len): accuracy over seeds and documents and its 95 % interval."""
+    outcomes = load_outcomes(sweep, table)
     out = []
     for (series, train, length), group in table.groupby(["series", "train_len", "eval_len"]):
-        stats = cell_stats(group["accuracy"], int(length))
-        if stats.n == 1:
-            low, high = float(group["interval_low"].iloc[0]), float(group["interval_high"].iloc[0])
-        else:
-            low, high = stats.low, stats.high
-        out.append({"series": series, "train_len": int(train), "eval_len": int(length), "accuracy": stats.mean,
-                    "low": low, "high": high, "seeds": stats.n, "n": int(group["n"].iloc[0]),
+        grid = outcome_grid(outcomes[(outcomes["series"] == series) & (outcomes["train_len"] == train)
+                                     & (outcomes["eval_len"] == length)])
+        accuracy = (accuracy_interval(grid) if grid.size
+                    else accuracy_from_seed_rates(group["accuracy"].to_numpy(float), int(group["n"].min())))
+        out.append({"series": series, "train_len": int(train), "eval_len": int(length), "accuracy": accuracy.mean,
+                    "low": accuracy.low, "high": accuracy.high, "seeds": len(group), "n": int(group["n"].iloc[0]),
                     "majority_rate": float(group["majority_rate"].iloc[0])})
     return pd.DataFrame(out)
 
 
 def accuracy_vs_eval_length(sweep: Sweep):
     fig, (ax,) = new_figure()
-    table = points(load_extrapolation(sweep))
+    table = points(sweep, load_extrapolation(sweep))
     trains = sorted(table["train_len"].unique())
     order = sort_series(table["series"].unique())
     for index, series in enumerate(order):
@@ -132,7 +133,7 @@ def write_differences(sweep: Sweep) -> list:
     if load_extrapolation(sweep) is None:
         return []
     found = differences(sweep)
-    rows = [{**key, "diff": d.diff, "ci_low": d.low, "ci_high": d.high, "p_mcnemar": d.p_mcnemar,
+    rows = [{**key, "diff": d.diff, "ci_low": d.low, "ci_high": d.high, "p_value": d.p_value,
              "n_docs": d.n_docs, "n_seeds": d.n_seeds, "detected": d.detected} for key, d in found]
     path = sweep.path / DIFFERENCES_FILE
     pd.DataFrame(rows, columns=list(DIFFERENCE_COLUMNS)).to_csv(path, index=False, float_format="%.6g")
@@ -157,17 +158,17 @@ def report_lines(sweep: Sweep) -> list[str]:
     if table is None:
         return []
     lines = ["## Length extrapolation", "",
-             "Each cell's test documents read to longer lengths (`extrapolation.csv`); interval: Wilson 95% "
-             "(one seed) or t 95% (3+ seeds). The documents are the same at every eval length.", "",
+             "Each cell's test documents read to longer lengths (`extrapolation.csv`); 95 % interval over seeds and "
+             "test documents (Wilson at the crossed design's effective documents). The documents are the same at every eval length.", "",
              "| method | train L | eval L | accuracy | interval | seeds | n | majority |", "|---|---|---|---|---|---|---|---|"]
-    for r in points(table).sort_values(["series", "train_len", "eval_len"]).itertuples():
+    for r in points(sweep, table).sort_values(["series", "train_len", "eval_len"]).itertuples():
         lines.append(f"| {r.series} | {r.train_len} | {r.eval_len} | {r.accuracy:.3f} | [{r.low:.3f}, {r.high:.3f}] "
                      f"| {r.seeds} | {r.n} | {r.majority_rate:.3f} |")
     found = difference_lines(sweep)
     lines += ["", "### Paired differences at each eval length", "",
               f"Same documents and seeds (`{DIFFERENCES_FILE}`): every pair of methods, and each method read "
-              "further against itself at its train length. Difference of accuracies, 95 % bootstrap interval over "
-              "documents (and seeds), McNemar's exact p-value; a difference is stated only when its interval "
+              "further against itself at its train length. Difference of accuracies, 95 % crossed-bootstrap "
+              "interval (seeds, and one document draw shared by them), the sign-flip p over documents; a difference is stated only when its interval "
               "excludes 0.", ""]
     lines += [f"- {line}" for line in found] or ["- No per-document predictions (predictions-L<eval>.csv) to "
                                                  "pair: no difference is stated."]

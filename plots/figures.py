@@ -2,7 +2,8 @@
 
 Artists that carry data have a ``gid`` so tests (and curious users) can read the drawn values back:
 ``mean:<series>`` (Line2D of per-length means), ``seeds:<series>`` (scatter of single-seed values),
-``interval:<series>`` (errorbar segments of the 95% interval: t over 3+ seeds; accuracy: else Wilson),
+``interval:<series>`` (errorbar segments of the 95% interval: costs, t over 3+ seeds; accuracy, over seeds
+and test documents at every seed count),
 ``oom:<series>`` / ``failed:<series>`` (failure markers), ``cells:<series>`` and ``front`` (Pareto), ``adapter`` /
 ``head`` (parameter bars), ``heatmap:<series>`` (needle image), ``n_test`` (test documents per length),
 ``mean:probe`` (the probe alone); the difference figure's artists are listed in :mod:`plots.differences`.
@@ -17,7 +18,7 @@ import numpy as np
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
-from plots.data import (PROBE_SERIES, CellStats, Sweep, accuracy_stats, cell_stats, depth_accuracy,
+from plots.data import (PROBE_SERIES, CellStats, Sweep, accuracy_stats, depth_accuracy,
                         failure_summary, n_test_by_length, pareto_front, scaling_exponent, series_stats)
 from plots.differences import difference_vs_length
 from plots.extrapolation import accuracy_vs_eval_length, load_extrapolation
@@ -334,12 +335,13 @@ def _cost_accuracy_cells(sweep: Sweep, series: str, cost: str) -> list[CostCell]
     """Per length where both are measured: the mean cost and accuracy statistics over the ok seeds."""
     rows = sweep.ok[(sweep.ok["series"] == series)].dropna(subset=[cost, "accuracy"])
     rows = rows[rows[cost] > 0]
-    return [CostCell(int(length), float(g[cost].mean()), cell_stats(g["accuracy"], int(length)))
-            for length, g in rows.groupby("max_len")]
+    accuracy = {s.length: s for s in accuracy_stats(sweep, series)}
+    return [CostCell(int(length), float(g[cost].mean()), accuracy[int(length)])
+            for length, g in rows.groupby("max_len") if int(length) in accuracy]
 
 
 def draw_cost_cells(ax, series: str, cells: list[CostCell]) -> None:
-    """Markers at (mean cost, mean accuracy), 95% accuracy intervals with 3+ seeds, labels 'L' (+ 'n=k')."""
+    """Markers at (mean cost, mean accuracy), 95% accuracy intervals, labels 'L' (+ 'n=k')."""
     colour = method_colour(series)
     counts = [c.accuracy.n for c in cells]
     ax.scatter([c.cost for c in cells], [c.accuracy.mean for c in cells], s=36, color=colour, edgecolor="black",

@@ -21,10 +21,10 @@ from plots.verdict import table_lines, verdicts
 
 FIGURE_CAPTIONS = {
     "accuracy_vs_length": "Test accuracy against context length: mean over seeds (line), single seeds (dots), "
-                          "95% interval (t over 3+ seeds, else Wilson over the n test documents written under "
-                          "each length), the linear probe alone dotted, majority-class rate dashed.",
+                          "95% interval over seeds and the n test documents written under each length (Wilson "
+                          "at the crossed design's effective documents), the linear probe alone dotted, majority-class rate dashed.",
     "difference_vs_length": "Paired accuracy differences on the same test documents (SSMLoRA \u2212 LoRA, each "
-                            "method \u2212 probe) with 95% bootstrap intervals; a bar crossing the zero line is no "
+                            "method \u2212 probe) with 95% crossed-bootstrap intervals (seeds and documents); a bar crossing the zero line is no "
                             "detectable difference.",
     "memory_vs_length": "Left: bytes saved for backward per sequence (`activations_mb_per_seq`, counted) "
                         "against L, log-log, with the fitted exponent b of memory \u221d L^b; the grey band is "
@@ -81,8 +81,9 @@ def render_report(sweep: Sweep, figure_names: list[str]) -> str:
                                              parameter_line(sweep)), "", "## Summary", ""]
     lines += [f"- {line}" for line in summary_lines(sweep)]
     lines += ["", "## Accuracy differences (paired: same test documents and seeds)", "",
-              "Difference of accuracies, 95 % bootstrap interval over seeds and, within each, documents; McNemar's "
-              "exact p-value, Holm-corrected over the lengths of each comparison. A difference is stated only when "
+              "Difference of accuracies, 95 % crossed-bootstrap interval (seeds drawn, and one draw of the test "
+              "documents shared by every drawn seed: every seed scores the same documents); the exact sign-flip "
+              "p-value over documents (each document's difference averaged over the seeds), Holm-corrected over the lengths of each comparison. A difference is stated only when "
               "its interval excludes 0 and the corrected p is below 0.05.", ""]
     lines += [f"- {line}" for line in difference_lines(paired)]
     lines += ["", "## Methods, controls and learning rates", "", *variant_lines(sweep.config),
@@ -90,8 +91,9 @@ def render_report(sweep: Sweep, figure_names: list[str]) -> str:
     lines += ["", "## Configuration", "", *key_value_table(config_items(sweep.config)), "",
               "## Environment", "", *key_value_table(environment_items(sweep)), "",
               "## Results", "",
-              "Accuracy is the mean over successful seeds with its 95 % interval: t over seeds with 3+ seeds, "
-              "else Wilson over the n test documents; the seed spread is its standard deviation over the seeds and "
+              "Accuracy is the mean over successful seeds and the n test documents with its 95 % interval (Wilson "
+              "at the effective number of documents, whose variance counts both seeds and documents, at every "
+              "seed count); the seed spread is its standard deviation over the seeds and "
               "their range. `probe` is the linear-probe head alone on the frozen model "
               "(same documents). Costs are means over successful seeds.", "", *results_table(sweep), ""]
     lines += extrapolation.report_lines(sweep)
@@ -199,12 +201,12 @@ def peak_gap(a, b) -> str:
 
 def difference_lines(paired: dict) -> list[str]:
     """One sentence per compared pair and length (`paired`: plots.differences.differences): a difference is
-    stated only when its 95 % interval excludes 0 and its McNemar p, Holm-corrected over the pair's lengths, is
+    stated only when its 95 % interval excludes 0 and its sign-flip p, Holm-corrected over the pair's lengths, is
     below 0.05."""
     lines = []
     for (a, b), by_length in paired.items():
         points = sorted(by_length.items())
-        corrected = holm([d.p_mcnemar for _, d in points])  # over the lengths of one comparison
+        corrected = holm([d.p_value for _, d in points])  # over the lengths of one comparison
         lines += [f"L={length}: {d.describe(a, b, p)}" for (length, d), p in zip(points, corrected)]
     return lines or ["No per-document predictions (predictions.csv) to pair: no accuracy difference is stated."]
 

@@ -13,8 +13,8 @@ this sweep's paired differences (same test documents, same seeds).
 - **C3** SSMLoRA beats LoRA when read beyond its training length (`--eval-lengths`), with C2's rule over every
   (train length, longer read) pair. Without `--eval-lengths` it is not measured.
 
-A difference counts ("positive", "negative", "outside the margin") only when its Holm-corrected McNemar
-p-value is below ALPHA *and* its 95 % interval excludes 0: the corrected test and the interval must agree.
+A difference counts ("positive", "negative", "outside the margin") only when its Holm-corrected sign-flip
+p-value (plots.stats: the unit is the test document) is below ALPHA *and* its 95 % interval excludes 0: the corrected test and the interval must agree.
 Holm runs over the lengths (or length pairs) of one claim and one comparison. Each row also gives the smallest
 difference the run could detect (80 % power at ALPHA, from the interval's width). With a control in the sweep,
 its comparison gets a row of its own: C1 against the parameter-matched LoRA, C2 and C3 against LoRA at
@@ -68,7 +68,7 @@ def resolution(n_docs: int) -> float:
 def judge(claim: str, points: dict[str, PairedDifference]) -> tuple[str, str, str]:
     """(word, why, key of the deciding point) for one claim over its points {where: difference}."""
     keys = list(points)
-    adjusted = dict(zip(keys, holm([points[k].p_mcnemar for k in keys])))
+    adjusted = dict(zip(keys, holm([points[k].p_value for k in keys])))
     shown = {k: adjusted[k] < ALPHA and points[k].detected for k in keys}
     inside = {k: -MARGIN < points[k].low and points[k].high < MARGIN for k in keys}
     if claim == "C1":
@@ -128,7 +128,7 @@ def _oriented(d: PairedDifference, a: str, ssm: str) -> PairedDifference:
     """The difference as ssm - other, whichever way round the pair was computed."""
     if a == ssm:
         return d
-    return PairedDifference(-d.diff, -d.high, -d.low, d.p_mcnemar, d.n_docs, d.n_seeds)
+    return d.flipped()
 
 
 def table_lines(rows: list[Verdict], parameter_ratio: str) -> list[str]:
@@ -142,6 +142,6 @@ def table_lines(rows: list[Verdict], parameter_ratio: str) -> list[str]:
         lines.append(f"| {r.claim}: {CLAIMS[r.claim]} | {r.comparison} | {est} | {ci} | {r.at} | {mde} | "
                      f"**{r.word}** | {r.why} |")
     return lines + ["", f"Accuracy differences are fractions, paired on the same test documents and seeds (95 % "
-                        f"bootstrap over seeds and, within each, documents). Equivalence margin +-{MARGIN:g}; a "
-                        f"difference counts only when its Holm-corrected McNemar p (over the points of one row) is "
+                        f"crossed bootstrap: seeds, and one draw of the documents shared by them). Equivalence margin "
+                        f"+-{MARGIN:g}; a difference counts only when its Holm-corrected sign-flip p (over the points of one row) is "
                         f"below {ALPHA:g} and its interval excludes 0. {parameter_ratio}"]

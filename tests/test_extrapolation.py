@@ -192,9 +192,9 @@ def test_extrapolation_differences_find_a_planted_difference_and_none_between_tw
         assert code == 0
         found = {(k["eval_len"], k["a"], k["b"], k["b_eval_len"]): d for k, d in differences(load_sweep(tmp_path / "p"))}
         twins = found[(128, "twin", "lora", 128)]
-        assert (twins.diff, twins.low, twins.high, twins.p_mcnemar) == (0.0, 0.0, 0.0, 1.0) and twins.n_docs == 40
+        assert (twins.diff, twins.low, twins.high, twins.p_value) == (0.0, 0.0, 0.0, 1.0) and twins.n_docs == 40
         planted = found[(128, "blind", "lora", 128)]
-        assert planted.detected and planted.high < 0 and planted.p_mcnemar < 0.01, planted
+        assert planted.detected and planted.high < 0 and planted.p_value < 0.01, planted
         for method in ("lora", "twin", "blind"):
             itself = found[(128, method, method, 64)]
             assert (itself.diff, itself.low, itself.high, itself.detected) == (0.0, 0.0, 0.0, False)

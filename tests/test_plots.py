@@ -141,21 +141,19 @@ def test_accuracy_means_intervals_and_seed_points_match_fixture(three):
         np.testing.assert_allclose(line.get_xdata(), lengths, rtol=0.1)  # small per-method x offset
         seeds = sorted(v for l in lengths for v in seed_values("sweep_three_seeds", method, l, "accuracy"))
         np.testing.assert_allclose(sorted(offsets(fig, f"seeds:{method}")[:, 1]), seeds)
-    # lora: 3 seeds at 512..2048 -> interval mean +- t(0.975, 2) * sd / sqrt(3)
+    # the fixture keeps no predictions.csv: each interval is Wilson at n_eff = p(1-p) / Var, Var = seed variance / k
+    # + the largest document term p(1-p) / (n-1)
     segments = artist(fig, "interval:lora").get_segments()
     assert len(segments) == 3
     values = seed_values("sweep_three_seeds", "lora", 512, "accuracy")
-    half = T_975_DF2 * statistics.stdev(values) / math.sqrt(3)
     low, high = sorted(segments, key=lambda s: s[0][0])[0][:, 1]
-    assert low == pytest.approx(statistics.mean(values) - half, abs=1e-3)
-    assert high == pytest.approx(statistics.mean(values) + half, abs=1e-3)
-    # ssmlora at 2048 has two seeds: no t-interval there but Wilson's over its test documents, and the point says n=2
-    wilson = sorted(artist(fig, "interval:ssmlora").get_segments(), key=lambda s: s[0][0])
-    assert len(wilson) == 4
+    assert (low, high) == pytest.approx(seeds_and_documents_interval(values, n_test_of("lora", 512)), abs=1e-9)
+    # ssmlora at 2048 has two seeds: the same interval (one quantity at every seed count), and the point says n=2
+    drawn = sorted(artist(fig, "interval:ssmlora").get_segments(), key=lambda s: s[0][0])
+    assert len(drawn) == 4
     two = seed_values("sweep_three_seeds", "ssmlora", 2048, "accuracy")
-    n_test = min(int(r["n_test"]) for r in fixture_rows("sweep_three_seeds")
-                 if r["method"] == "ssmlora" and r["max_len"] == "2048" and r["status"] == "ok")
-    np.testing.assert_allclose(wilson[2][:, 1], wilson_interval(statistics.mean(two) * n_test, n_test), atol=1e-9)
+    np.testing.assert_allclose(drawn[2][:, 1], seeds_and_documents_interval(two, n_test_of("ssmlora", 2048)),
+                               atol=1e-9)
     assert [t.get_text() for t in fig.axes[0].texts if t.get_gid() == "count:ssmlora"] == ["n=2"]
     majority = artist(fig, "majority")
     np.testing.assert_allclose(majority.get_ydata(), 0.55)
@@ -173,11 +171,25 @@ def test_failures_are_marked_at_the_top_with_counts(three):
     assert fig.axes[0].get_ylim()[1] > 1.0  # the marker band sits above all accuracies
 
 
+def n_test_of(method: str, length: int) -> int:
+    return min(int(r["n_test"]) for r in fixture_rows("sweep_three_seeds")
+               if r["method"] == method and r["max_len"] == str(length) and r["status"] == "ok")
+
+
+def seeds_and_documents_interval(values, n):
+    """By hand: Wilson's interval of the mean at n_eff = p(1-p) / (sd^2 / k + p(1-p) / (n-1))."""
+    p = statistics.mean(values)
+    var = statistics.variance(values) / len(values) + p * (1 - p) / (n - 1)
+    n_eff = p * (1 - p) / var
+    return wilson_interval(p * n_eff, n_eff)
+
+
 def test_one_seed_draws_wilson_intervals_over_the_test_documents_and_says_n(one):
     fig = accuracy_vs_length(one)
     rows = [r for r in fixture_rows("sweep_one_seed") if r["method"] == "frozen" and r["status"] == "ok"]
     segments = sorted(artist(fig, "interval:frozen").get_segments(), key=lambda s: s[0][0])
-    expected = [wilson_interval(float(r["accuracy"]) * int(r["n_test"]), int(r["n_test"]))
+    # one seed: Wilson over the test documents, at n - 1 (the unbiased variance p(1-p) / (n-1) of their mean)
+    expected = [wilson_interval(float(r["accuracy"]) * (int(r["n_test"]) - 1), int(r["n_test"]) - 1)
                 for r in sorted(rows, key=lambda r: int(r["max_len"]))]
     np.testing.assert_allclose([s[:, 1] for s in segments], expected, atol=1e-9)
     counts = {t.get_text() for t in fig.axes[0].texts if t.get_gid() == "n_test"}

@@ -262,9 +262,9 @@ def test_the_paired_test_finds_a_planted_difference_and_none_between_twins(env, 
         sweep = load_sweep(tmp_path / "p")
         predictions = load_predictions(sweep)
         twins = paired_at(predictions, "twin", "lora", 64)
-        assert (twins.diff, twins.low, twins.high, twins.p_mcnemar) == (0.0, 0.0, 0.0, 1.0) and twins.n_docs == 40
+        assert (twins.diff, twins.low, twins.high, twins.p_value) == (0.0, 0.0, 0.0, 1.0) and twins.n_docs == 40
         planted = paired_at(predictions, "blind", "lora", 64)
-        assert planted.detected and planted.high < 0 and planted.p_mcnemar < 0.01, planted
+        assert planted.detected and planted.high < 0 and planted.p_value < 0.01, planted
         report = (tmp_path / "p" / "report.md").read_text()
         assert "twin vs lora" not in report  # only ssmlora - lora and method - probe are reported
         assert "L=64: twin vs probe: no detectable difference" in report or "L=64: twin is" in report

@@ -35,12 +35,12 @@ def test_too_few_documents_cannot_support_equivalence():
 
 def test_a_planted_gap_of_ten_points_contradicts_equivalence():
     gap = _planted(0.10)
-    assert gap.low > MARGIN and gap.p_mcnemar < 1e-6
+    assert gap.low > MARGIN and gap.p_value < 1e-6
     word, why, at = judge("C1", {"L=512": _planted(0.0), "L=1024": gap})
     assert (word, at) == ("contradicted", "L=1024") and "Holm" in why
     # C2 (better on longer inputs): the same gap in SSMLoRA's favour supports it; against it contradicts
     assert judge("C2", {"L=1024": gap})[0] == "supported"
-    flipped = PairedDifference(-gap.diff, -gap.high, -gap.low, gap.p_mcnemar, gap.n_docs, gap.n_seeds)
+    flipped = PairedDifference(-gap.diff, -gap.high, -gap.low, gap.p_value, gap.n_docs, gap.n_seeds)
     assert judge("C2", {"L=1024": flipped})[0] == "contradicted"
     # no gain at all (twins) contradicts "better", a noisy small one is inconclusive
     assert judge("C2", {"L=1024": _planted(0.0)})[0] == "contradicted"
@@ -85,7 +85,7 @@ def test_a_listed_difference_needs_the_corrected_test_to_agree():
     assert edge.describe("a", "b", 0.08).startswith("a vs b: no difference stated: the interval excludes 0 but the "
                                                     "corrected test does not agree (95 % CI [+0.010, +0.110]")
     assert edge.describe("a", "b", 0.01).startswith("a is 0.060 higher in accuracy than b (95 % CI [+0.010, +0.110], "
-                                                    "McNemar p = 0.02, Holm-corrected 0.01")
+                                                    "sign-flip p = 0.02, Holm-corrected 0.01")
 
 
 def test_the_report_opens_with_the_verdict_table(tmp_path):
@@ -104,4 +104,4 @@ def test_the_report_opens_with_the_verdict_table(tmp_path):
     rows = [line for line in lines if line.startswith("| C")]
     assert [r.split("|")[1].strip()[:2] for r in rows] == ["C1", "C2", "C3"]
     assert all("**inconclusive**" in r and "not measured" in r for r in rows)
-    assert "Holm-corrected McNemar p" in report.split("## Summary")[0]
+    assert "Holm-corrected sign-flip p" in report.split("## Summary")[0]
