@@ -261,9 +261,9 @@ def accuracy_stats(sweep: Sweep, series: str) -> list[CellStats]:
     for length, group in rows.groupby("max_len"):
         if series == PROBE_SERIES:  # one probe per (length, seed), repeated in every method's row
             group = group.drop_duplicates("seed")
-        grid = outcome_grid(outcomes[outcomes["max_len"] == length])
-        if grid.size:
-            accuracy = accuracy_interval(grid)
+        grids = aligned_grids(outcomes[outcomes["max_len"] == length])
+        if grids:
+            accuracy = accuracy_interval(grids[0])
         else:
             n_test = int(group["n_test"].min()) if group["n_test"].notna().any() else 0
             accuracy = accuracy_from_seed_rates(group[column].to_numpy(float), n_test)
@@ -326,29 +326,29 @@ def paired_at(predictions: pd.DataFrame, a: str, b: str, length: int) -> PairedD
     return paired_outcomes(at[at["series"] == a], at[at["series"] == b])
 
 
-def outcome_grid(rows: pd.DataFrame) -> np.ndarray:
-    """Outcomes (seed, doc_id, correct) as a (seeds, documents) 0/1 array over the documents every seed scored;
-    empty (shape (0, 0)) when there are none."""
-    if rows.empty:
-        return np.empty((0, 0))
-    grid = rows.pivot_table(index="seed", columns="doc_id", values="correct", aggfunc="first")
-    grid = grid.loc[:, ~grid.isna().any()]
-    return grid.to_numpy(float) if grid.shape[1] else np.empty((0, 0))
+def aligned_grids(*row_sets: pd.DataFrame) -> list[np.ndarray] | None:
+    """Sets of outcomes (seed, doc_id, correct) as (seeds, documents) 0/1 arrays over the seeds and documents
+    every set has, in one order (a document missing from any set at any of those seeds is left out); None when
+    they share none."""
+    if any(rows.empty for rows in row_sets):
+        return None
+    grids = [rows.pivot_table(index="seed", columns="doc_id", values="correct", aggfunc="first")
+             for rows in row_sets]
+    seeds, docs = grids[0].index, grids[0].columns
+    for grid in grids[1:]:
+        seeds, docs = seeds.intersection(grid.index), docs.intersection(grid.columns)
+    grids = [grid.loc[seeds, docs] for grid in grids]
+    keep = ~np.logical_or.reduce([grid.isna().any().to_numpy() for grid in grids])
+    if not len(seeds) or not keep.any():
+        return None
+    return [grid.loc[:, keep].to_numpy(float) for grid in grids]
 
 
 def paired_outcomes(rows_a: pd.DataFrame, rows_b: pd.DataFrame) -> PairedDifference | None:
     """Paired difference of two sets of outcomes (seed, doc_id, correct), over the seeds and documents both
     have; None when they share none."""
-    grids = [rows.pivot_table(index="seed", columns="doc_id", values="correct", aggfunc="first")
-             for rows in (rows_a, rows_b)]
-    seeds = grids[0].index.intersection(grids[1].index)
-    docs = grids[0].columns.intersection(grids[1].columns)
-    if not len(seeds) or not len(docs):
-        return None
-    pa, pb = (g.loc[seeds, docs] for g in grids)
-    keep = ~(pa.isna().any() | pb.isna().any())
-    pa, pb = pa.loc[:, keep], pb.loc[:, keep]
-    return paired_difference(pa.to_numpy(), pb.to_numpy()) if pa.shape[1] else None
+    grids = aligned_grids(rows_a, rows_b)
+    return paired_difference(*grids) if grids else None
 
 
 def comparison_pairs(series: list[str], with_probe: bool, matched: dict[str, str] | None = None,

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from plots.data import Sweep, cell_folder, outcome_grid, paired_outcomes, read_outcomes, sort_series
-from plots.stats import accuracy_from_seed_rates, accuracy_interval
+from plots.data import Sweep, aligned_grids, cell_folder, paired_outcomes, read_outcomes, sort_series
+from plots.stats import accuracy_from_seed_rates, accuracy_interval, difference_in_differences
 from plots.style import (MAJORITY_STYLE, figure_title, method_colour, new_figure, outside_legend, series_offset,
                          style_axes)
 from ssmlora.results import EXTRAPOLATION_COLUMNS, EXTRAPOLATION_FILE
@@ -53,9 +53,9 @@ def points(sweep: Sweep, table: pd.DataFrame) -> pd.DataFrame:
     outcomes = load_outcomes(sweep, table)
     out = []
     for (series, train, length), group in table.groupby(["series", "train_len", "eval_len"]):
-        grid = outcome_grid(outcomes[(outcomes["series"] == series) & (outcomes["train_len"] == train)
-                                     & (outcomes["eval_len"] == length)])
-        accuracy = (accuracy_interval(grid) if grid.size
+        grids = aligned_grids(outcomes[(outcomes["series"] == series) & (outcomes["train_len"] == train)
+                                       & (outcomes["eval_len"] == length)])
+        accuracy = (accuracy_interval(grids[0]) if grids
                     else accuracy_from_seed_rates(group["accuracy"].to_numpy(float), int(group["n"].min())))
         out.append({"series": series, "train_len": int(train), "eval_len": int(length), "accuracy": accuracy.mean,
                     "low": accuracy.low, "high": accuracy.high, "seeds": len(group), "n": int(group["n"].iloc[0]),
@@ -128,6 +128,31 @@ def differences(sweep: Sweep) -> list[tuple[dict, object]]:
     return out
 
 
+def effects(sweep: Sweep) -> list[tuple[dict, object]]:
+    """The extrapolation effect of every pair of methods (A later than B in the figures' order) at every (train_len,
+    eval_len > train_len): [({train_len, eval_len, a, b}, PairedDifference)] of (A - B read to eval_len) - (A - B
+    at train_len), on the seeds and documents all four share (plots.stats.difference_in_differences). A lead A
+    already had at its training length is not counted as gained by reading further."""
+    table = load_extrapolation(sweep)
+    if table is None:
+        return []
+    outcomes = load_outcomes(sweep, table)
+    out = []
+    for (train, length), _ in outcomes[outcomes["eval_len"] > outcomes["train_len"]].groupby(["train_len",
+                                                                                              "eval_len"]):
+        at = {(s, n): outcomes[(outcomes["series"] == s) & (outcomes["train_len"] == train)
+                               & (outcomes["eval_len"] == n)] for s in outcomes["series"].unique()
+              for n in (train, length)}
+        present = sort_series(outcomes["series"].unique())
+        for i, a in enumerate(present):
+            for b in present[:i]:
+                grids = aligned_grids(at[a, length], at[b, length], at[a, train], at[b, train])
+                if grids:
+                    out.append(({"train_len": int(train), "eval_len": int(length), "a": a, "b": b},
+                                difference_in_differences(*grids)))
+    return out
+
+
 def write_differences(sweep: Sweep) -> list:
     """Write ``<sweep>/extrapolation_differences.csv`` (nothing without extrapolation.csv); return its path."""
     if load_extrapolation(sweep) is None:
@@ -151,6 +176,12 @@ def difference_lines(sweep: Sweep) -> list[str]:
     return lines
 
 
+def effect_sentence(key: dict, d) -> str:
+    """'ssmlora - lora read to 2048 vs the same at 512: ...' worded by PairedDifference.describe."""
+    gap = f"{key['a']} \u2212 {key['b']}"
+    return d.describe(f"{gap} read to {key['eval_len']}", f"{gap} at its train length {key['train_len']}")
+
+
 def report_lines(sweep: Sweep) -> list[str]:
     """A markdown table of the extrapolation points and the paired differences (empty without
     extrapolation.csv)."""
@@ -159,7 +190,8 @@ def report_lines(sweep: Sweep) -> list[str]:
         return []
     lines = ["## Length extrapolation", "",
              "Each cell's test documents read to longer lengths (`extrapolation.csv`); 95 % interval over seeds and "
-             "test documents (Wilson at the crossed design's effective documents). The documents are the same at every eval length.", "",
+             "test documents (Wilson at the crossed design's effective documents). The documents are the same at "
+             "every eval length.", "",
              "| method | train L | eval L | accuracy | interval | seeds | n | majority |", "|---|---|---|---|---|---|---|---|"]
     for r in points(sweep, table).sort_values(["series", "train_len", "eval_len"]).itertuples():
         lines.append(f"| {r.series} | {r.train_len} | {r.eval_len} | {r.accuracy:.3f} | [{r.low:.3f}, {r.high:.3f}] "
@@ -172,4 +204,10 @@ def report_lines(sweep: Sweep) -> list[str]:
               "excludes 0.", ""]
     lines += [f"- {line}" for line in found] or ["- No per-document predictions (predictions-L<eval>.csv) to "
                                                  "pair: no difference is stated."]
+    effect = [f"- {effect_sentence(key, d)}" for key, d in effects(sweep)]
+    lines += ["", "### Extrapolation effects", "",
+              "(A − B read to the eval length) − (A − B at the train length), on the same documents "
+              "and seeds: what reading further adds to A's lead, so a lead A already had where it trained is not "
+              "counted. Same interval and test as above.", "", *(effect or ["- none: no pair of methods read "
+                                                                             "further on shared documents."])]
     return lines + [""]

@@ -77,7 +77,7 @@ def render_report(sweep: Sweep, figure_names: list[str]) -> str:
     from plots.differences import differences
 
     paired = differences(sweep)
-    lines += ["## Verdict", "", *table_lines(verdicts(sweep, paired, extrapolation.differences(sweep)),
+    lines += ["## Verdict", "", *table_lines(verdicts(sweep, paired, extrapolation.effects(sweep)),
                                              parameter_line(sweep)), "", "## Summary", ""]
     lines += [f"- {line}" for line in summary_lines(sweep)]
     lines += ["", "## Accuracy differences (paired: same test documents and seeds)", "",

@@ -17,6 +17,8 @@ documents. Every interval and test here resamples or permutes along both axes ac
   +D_j as -D_j, so the two-sided p-value is P(|sum_j e_j D_j| >= |sum_j D_j|) over independent signs e_j = +-1.
   With 0/1 outcomes k D_j is an integer in [-k, k], so the null distribution is a convolution computed exactly;
   with one seed the test is exact McNemar.
+- **Difference in differences** (A - B read long) - (A - B read short) on the same seeds and documents: the same
+  interval and test on the table of per-(seed, document) differences of differences (integers in [-2, 2]).
 - **Accuracy** of one series: the mean of X with a Wilson score interval at the effective number of documents
   n_eff = p (1 - p) / Var, where Var is the exact variance of the crossed bootstrap above (so 1 seed gives
   Wilson over about n documents, and seeds that disagree widen it). One quantity at every seed count.
@@ -115,25 +117,22 @@ def crossed_variance(table: np.ndarray) -> float:
 
 
 def sign_flip_p(table: np.ndarray) -> float:
-    """Exact two-sided sign-flip p-value of a (seeds, documents) table of paired differences in {-1, 0, 1}:
-    the document means D_j = m_j / k with integer m_j; under the null sum_j e_j m_j (e_j = +-1 fair coins) has
-    the distribution of sum over magnitudes m = 1..k of m (2 B_m - c_m), B_m ~ Binomial(c_m, 1/2) for the c_m
-    documents of magnitude m, convolved exactly. 1.0 when no document differs."""
-    seeds = table.shape[0]
+    """Exact two-sided sign-flip p-value of a (seeds, documents) table of integer paired differences (A - B of 0/1
+    outcomes, or a difference of such differences): the document sums m_j = k D_j are integers; under the null
+    sum_j e_j m_j (e_j = +-1 fair coins) has the distribution of sum over magnitudes s of s (2 B_s - c_s),
+    B_s ~ Binomial(c_s, 1/2) for the c_s documents with |m_j| = s, convolved exactly. 1.0 when no document
+    differs."""
     m = np.rint(table.sum(axis=0)).astype(int)
     observed = abs(int(m.sum()))
-    magnitudes = np.abs(m[m != 0])
+    magnitudes, counts = np.unique(np.abs(m[m != 0]), return_counts=True)
     if magnitudes.size == 0:
         return 1.0
     pmf = np.ones(1)  # distribution of sum e_j |m_j| on the support -T..T, T = sum |m_j|, as offsets from -T
-    for size in range(1, seeds + 1):
-        count = int((magnitudes == size).sum())
-        if not count:
-            continue
+    for size, count in zip(magnitudes.tolist(), counts.tolist()):
         part = np.zeros(2 * size * count + 1)
         part[::2 * size] = sps.binom.pmf(np.arange(count + 1), count, 0.5)  # values size * (2b - count)
         pmf = np.convolve(pmf, part)
-    total = int(magnitudes.sum())
+    total = int((magnitudes * counts).sum())
     values = np.arange(-total, total + 1)
     return float(min(1.0, pmf[np.abs(values) >= observed].sum()))
 
@@ -184,7 +183,26 @@ def paired_difference(correct_a, correct_b, samples: int = BOOTSTRAP_SAMPLES,
     if a.shape != b.shape:
         raise ValueError(f"paired arrays must have one equal, non-empty shape (seeds, documents): {a.shape} vs "
                          f"{b.shape}")
-    delta = a - b
+    return crossed_difference(a - b, samples, seed)
+
+
+def difference_in_differences(a_long, b_long, a_short, b_short, samples: int = BOOTSTRAP_SAMPLES,
+                              seed: int = BOOTSTRAP_SEED) -> PairedDifference:
+    """(A - B read long) - (A - B read short): what reading further changes in A's lead, on the same seeds and
+    documents (four 0/1 tables of one shape). Under "no difference" swapping A and B on a document flips the
+    sign of its term, so the same crossed interval and sign-flip test apply."""
+    tables = [outcome_table(t, name) for t, name in ((a_long, "a_long"), (b_long, "b_long"), (a_short, "a_short"),
+                                                     (b_short, "b_short"))]
+    if len({t.shape for t in tables}) != 1:
+        raise ValueError(f"the four outcome tables must have one shape (seeds, documents): "
+                         f"{[t.shape for t in tables]}")
+    return crossed_difference((tables[0] - tables[1]) - (tables[2] - tables[3]), samples, seed)
+
+
+def crossed_difference(delta: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
+                       seed: int = BOOTSTRAP_SEED) -> PairedDifference:
+    """A (seeds, documents) table of integer paired differences -> its mean, crossed-bootstrap percentile interval
+    and sign-flip p."""
     low, high = np.percentile(crossed_bootstrap(delta, samples, seed), [2.5, 97.5])
     seeds, docs = delta.shape
     return PairedDifference(diff=float(delta.mean()), low=float(low), high=float(high), p_value=sign_flip_p(delta),

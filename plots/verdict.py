@@ -1,23 +1,33 @@
 """The verdict table that opens report.md: one row per claim of the SSMLoRA paper (arXiv 2502.04958), judged on
-this sweep's paired differences (same test documents, same seeds).
+this sweep's paired differences (same test documents, same seeds; plots.stats).
 
-- **C1** SSMLoRA's accuracy equals LoRA's with fewer adapter parameters: an equivalence test with a stated
-  margin (`MARGIN`). Supported when the 95 % interval of ssmlora - lora lies inside +-MARGIN at every length
-  and each length has enough test documents to bound a difference that small (3/n <= MARGIN, `resolution`);
-  contradicted when, at some length, the interval lies wholly outside the margin and the Holm-corrected test
-  rejects "no difference"; otherwise inconclusive.
+One margin, MARGIN, is the smallest accuracy difference that matters. Every point of a claim (a length, or a
+(train length, longer read) pair) is read by the same rule, on its 95 % interval and its Holm-corrected
+sign-flip p (Holm over the points of one row):
+
+- **gain**: the interval lies wholly above +MARGIN and the corrected test rejects "no difference" (p < ALPHA);
+- **loss**: the interval lies wholly below -MARGIN and the corrected test rejects;
+- **no meaningful difference**: the interval lies wholly inside +-MARGIN;
+- **no meaningful gain**: the interval lies wholly below +MARGIN (a gain of the margin's size is excluded).
+
+A bound of a 95 % interval is a one-sided test at 2.5 %. The claims:
+
+- **C1** SSMLoRA's accuracy equals LoRA's with fewer adapter parameters: an equivalence test (two one-sided
+  tests at 2.5 % each) at every length. Supported when every point is "no meaningful difference" with enough
+  test documents to bound a difference that small (3/n <= MARGIN, `resolution`); contradicted when some point
+  is a gain or a loss; otherwise inconclusive. (Requiring every point is an intersection-union test: no
+  correction over the lengths is needed.)
 - **C2** SSMLoRA beats LoRA on longer inputs, each trained at its length: the lengths above the sweep's shortest
-  (the only length when there is one). Supported when the difference is positive at one or more of them and
-  negative at none; contradicted when it is negative at one or more, or inside +-MARGIN at every one (no gain
-  worth the name); otherwise inconclusive.
-- **C3** SSMLoRA beats LoRA when read beyond its training length (`--eval-lengths`), with C2's rule over every
-  (train length, longer read) pair. Without `--eval-lengths` it is not measured.
+  (the only length when there is one). Supported when some point is a gain and none a loss; contradicted when
+  some point is a loss, or every point is "no meaningful gain"; otherwise inconclusive.
+- **C3** SSMLoRA beats LoRA when read beyond its training length (`--eval-lengths`): C2's rule over the
+  extrapolation effect of every (train length, longer read), the difference in differences
+  (SSMLoRA - LoRA read long) - (SSMLoRA - LoRA at the training length), so a lead SSMLoRA already had where it
+  trained is not counted as gained by reading further.
 
-A difference counts ("positive", "negative", "outside the margin") only when its Holm-corrected sign-flip
-p-value (plots.stats: the unit is the test document) is below ALPHA *and* its 95 % interval excludes 0: the corrected test and the interval must agree.
-Holm runs over the lengths (or length pairs) of one claim and one comparison. Each row also gives the smallest
-difference the run could detect (80 % power at ALPHA, from the interval's width). With a control in the sweep,
-its comparison gets a row of its own: C1 against the parameter-matched LoRA, C2 and C3 against LoRA at
+A claim with no point reads **not measured**. Each row also gives the smallest difference the run could detect
+(80 % power for the first step of Holm over the row's m points, from the interval's width). With a control in the
+sweep, its comparison gets a row of its own: C1 against the parameter-matched LoRA, C2 and C3 against LoRA at
 SSMLoRA's rate.
 """
 
@@ -25,12 +35,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from scipy.stats import norm
+
 from plots.data import Sweep
 from plots.stats import PairedDifference, holm
 
-MARGIN = 0.03  # accuracy, fraction: the equivalence margin of C1 and the smallest gain C2 and C3 count
+MARGIN = 0.03  # accuracy, fraction: the smallest difference that matters, for every claim
 ALPHA = 0.05
-POWER_FACTOR = 1.959963984540054 + 0.8416212335729143  # z(1 - ALPHA/2) + z(0.80): detectable = factor x SE
+POWER = 0.80
+Z_INTERVAL = 1.959963984540054  # the 95 % interval's half-width in standard errors
 CLAIMS = {
     "C1": "accuracy equal to LoRA's with fewer adapter parameters",
     "C2": "better than LoRA on longer inputs, trained at that length",
@@ -44,19 +57,26 @@ COMPARISONS = (("C1", "lora"), ("C1", "lora-at-ssmlora-params"), ("C2", "lora"),
 @dataclass(frozen=True)
 class Verdict:
     claim: str
-    comparison: str  # e.g. "ssmlora - lora at L=512, 1024"
+    comparison: str  # e.g. "ssmlora - lora"
     estimate: PairedDifference | None  # the deciding point (see `judge`); None when not measured
     at: str  # where the estimate is from, e.g. "L=4096" or "trained 512, read 2048"
-    word: str  # supported | contradicted | inconclusive
+    word: str  # supported | contradicted | inconclusive | not measured
     why: str
+    points: int = 1  # m, the points Holm corrects over
 
     def detectable(self) -> float:
-        """Smallest difference this run detects: with 80 % power at ALPHA, POWER_FACTOR x the interval's SE, and
-        never below `resolution(n)` (a bootstrap over documents that all agree has a zero-width interval)."""
+        """Smallest true difference this row detects with 80 % power at the first step of Holm over its m points
+        (a two-sided test at ALPHA / m): (z(1 - ALPHA / 2m) + z(POWER)) x the interval's standard error, never below
+        `resolution(n)` (a bootstrap over documents that all agree has a zero-width interval)."""
         e = self.estimate
         if e is None:
             return float("nan")
-        return max(POWER_FACTOR * (e.high - e.low) / (2 * 1.959963984540054), resolution(e.n_docs))
+        return max(power_factor(self.points) * (e.high - e.low) / (2 * Z_INTERVAL), resolution(e.n_docs))
+
+
+def power_factor(m: int) -> float:
+    """z(1 - ALPHA / (2m)) + z(POWER): 2.80 for one point, 3.24 for three."""
+    return float(norm.ppf(1 - ALPHA / (2 * max(m, 1))) + norm.ppf(POWER))
 
 
 def resolution(n_docs: int) -> float:
@@ -65,39 +85,60 @@ def resolution(n_docs: int) -> float:
     return 3 / max(n_docs, 1)
 
 
+def classify(points: dict[str, PairedDifference]) -> dict[str, str]:
+    """{point: gain | loss | no meaningful difference | no meaningful gain | undecided}, by the module's rule."""
+    adjusted = dict(zip(points, holm([d.p_value for d in points.values()])))
+    out = {}
+    for key, d in points.items():
+        if d.low > MARGIN and adjusted[key] < ALPHA:
+            out[key] = "gain"
+        elif d.high < -MARGIN and adjusted[key] < ALPHA:
+            out[key] = "loss"
+        elif -MARGIN < d.low and d.high < MARGIN:
+            out[key] = "no meaningful difference"
+        elif d.high < MARGIN:
+            out[key] = "no meaningful gain"
+        else:
+            out[key] = "undecided"
+    return out
+
+
 def judge(claim: str, points: dict[str, PairedDifference]) -> tuple[str, str, str]:
     """(word, why, key of the deciding point) for one claim over its points {where: difference}."""
     keys = list(points)
-    adjusted = dict(zip(keys, holm([points[k].p_value for k in keys])))
-    shown = {k: adjusted[k] < ALPHA and points[k].detected for k in keys}
-    inside = {k: -MARGIN < points[k].low and points[k].high < MARGIN for k in keys}
+    kind = classify(points)
+    gains = [k for k in keys if kind[k] == "gain"]
+    losses = [k for k in keys if kind[k] == "loss"]
+    widest = max(keys, key=lambda k: points[k].high - points[k].low)
     if claim == "C1":
-        outside = [k for k in keys if shown[k] and (points[k].low > MARGIN or points[k].high < -MARGIN)]
-        if outside:
-            return "contradicted", f"outside +-{MARGIN:g} at {', '.join(outside)} (Holm-corrected)", outside[0]
+        if gains or losses:
+            beyond = gains + losses
+            return "contradicted", (f"beyond +-{MARGIN:g} at {', '.join(beyond)} (interval wholly outside, "
+                                    f"Holm-corrected test agrees)"), beyond[0]
         coarse = [k for k in keys if resolution(points[k].n_docs) > MARGIN]
-        if all(inside.values()) and coarse:
-            return "inconclusive", (f"too few test documents at {', '.join(coarse)} to bound a difference within "
-                                    f"+-{MARGIN:g} (3/n > {MARGIN:g})"), coarse[0]
-        if all(inside.values()):
+        if all(kind[k] == "no meaningful difference" for k in keys):
+            if coarse:
+                return "inconclusive", (f"too few test documents at {', '.join(coarse)} to bound a difference "
+                                        f"within +-{MARGIN:g} (3/n > {MARGIN:g})"), coarse[0]
             worst = max(keys, key=lambda k: max(abs(points[k].low), abs(points[k].high)))
-            return "supported", f"95 % interval inside +-{MARGIN:g} at every point", worst
-        return "inconclusive", f"an interval reaches beyond +-{MARGIN:g} without the difference being shown", \
-            max(keys, key=lambda k: points[k].high - points[k].low)
-    better = [k for k in keys if shown[k] and points[k].diff > 0]
-    worse = [k for k in keys if shown[k] and points[k].diff < 0]
-    if worse:
-        return "contradicted", f"lower at {', '.join(worse)} (Holm-corrected)", worse[0]
-    if better:
-        return "supported", f"higher at {', '.join(better)} (Holm-corrected), lower nowhere", better[-1]
-    if all(inside.values()):
-        return "contradicted", f"no gain: every 95 % interval inside +-{MARGIN:g}", keys[-1]
-    return "inconclusive", "no difference shown after Holm correction", keys[-1]
+            return "supported", (f"95 % interval inside +-{MARGIN:g} at every point (equivalence, 2.5 % per "
+                                 f"side)"), worst
+        return "inconclusive", f"an interval reaches beyond +-{MARGIN:g} without a difference being shown", widest
+    if losses:
+        return "contradicted", f"lower by more than {MARGIN:g} at {', '.join(losses)} (Holm-corrected)", losses[0]
+    if gains:
+        return "supported", (f"higher by more than {MARGIN:g} at {', '.join(gains)} (Holm-corrected), lower "
+                             f"nowhere"), gains[-1]
+    if all(kind[k] == "no meaningful difference" for k in keys):
+        return "contradicted", f"no meaningful difference: every 95 % interval inside +-{MARGIN:g}", keys[-1]
+    if all(kind[k] in ("no meaningful difference", "no meaningful gain") for k in keys):
+        return "contradicted", f"no meaningful gain: every 95 % interval below +{MARGIN:g}", keys[-1]
+    return "inconclusive", f"no gain beyond +{MARGIN:g} shown and none excluded", widest
 
 
 def verdicts(sweep: Sweep, trained: dict, extrapolated: list) -> list[Verdict]:
     """Every row of the table. `trained`: plots.differences.differences(sweep); `extrapolated`:
-    plots.extrapolation.differences(sweep)."""
+    plots.extrapolation.effects(sweep) (the differences in differences)."""
     ssm = next((s for s in sweep.series if s == "ssmlora"), None)
     rows = []
     for claim, other in COMPARISONS:
@@ -105,9 +146,8 @@ def verdicts(sweep: Sweep, trained: dict, extrapolated: list) -> list[Verdict]:
             continue
         comparison = f"{ssm} - {other}"
         if claim == "C3":
-            points = {f"trained {k['train_len']}, read {k['eval_len']}": _oriented(d, k["a"], ssm)
-                      for k, d in extrapolated if {k["a"], k["b"]} == {ssm, other} and k["eval_len"] > k["train_len"]
-                      and k["b_eval_len"] == k["eval_len"]}
+            points = {f"trained {k['train_len']}, read {k['eval_len']}": d if k["a"] == ssm else d.flipped()
+                      for k, d in extrapolated if {k["a"], k["b"]} == {ssm, other}}
         else:
             by_length = trained.get((ssm, other)) or {}
             lengths = sorted(by_length)
@@ -115,20 +155,13 @@ def verdicts(sweep: Sweep, trained: dict, extrapolated: list) -> list[Verdict]:
                 lengths = lengths[1:]
             points = {f"L={n}": by_length[n] for n in lengths}
         if not points:
-            why = ("not measured: no read beyond the training length (--eval-lengths) for this pair" if claim == "C3"
-                   else "not measured: no paired test predictions")
-            rows.append(Verdict(claim, comparison, None, "", "inconclusive", why))
+            why = ("no read beyond the training length (--eval-lengths) for this pair" if claim == "C3"
+                   else "no paired test predictions")
+            rows.append(Verdict(claim, comparison, None, "", "not measured", why, 0))
             continue
         word, why, at = judge(claim, points)
-        rows.append(Verdict(claim, comparison, points[at], at, word, why))
+        rows.append(Verdict(claim, comparison, points[at], at, word, why, len(points)))
     return rows
-
-
-def _oriented(d: PairedDifference, a: str, ssm: str) -> PairedDifference:
-    """The difference as ssm - other, whichever way round the pair was computed."""
-    if a == ssm:
-        return d
-    return d.flipped()
 
 
 def table_lines(rows: list[Verdict], parameter_ratio: str) -> list[str]:
@@ -142,6 +175,10 @@ def table_lines(rows: list[Verdict], parameter_ratio: str) -> list[str]:
         lines.append(f"| {r.claim}: {CLAIMS[r.claim]} | {r.comparison} | {est} | {ci} | {r.at} | {mde} | "
                      f"**{r.word}** | {r.why} |")
     return lines + ["", f"Accuracy differences are fractions, paired on the same test documents and seeds (95 % "
-                        f"crossed bootstrap: seeds, and one draw of the documents shared by them). Equivalence margin "
-                        f"+-{MARGIN:g}; a difference counts only when its Holm-corrected sign-flip p (over the points of one row) is "
-                        f"below {ALPHA:g} and its interval excludes 0. {parameter_ratio}"]
+                        f"crossed bootstrap: seeds, and one draw of the documents shared by them); C3's are "
+                        f"differences in differences, (read long) - (at the training length). Margin +-{MARGIN:g}: "
+                        f"a gain or loss counts only when its interval lies wholly beyond the margin and its "
+                        f"sign-flip p, Holm-corrected over the points of the row, is below {ALPHA:g}; an interval "
+                        f"inside +-{MARGIN:g} is no meaningful difference (C1: equivalence, 2.5 % per side). "
+                        f"Smallest detectable: 80 % power at Holm's first step over the row's points. "
+                        f"{parameter_ratio}"]

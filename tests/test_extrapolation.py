@@ -180,7 +180,7 @@ def test_extrapolation_differences_find_a_planted_difference_and_none_between_tw
     length too; `twin` (LoRA under another name) equals lora there, and every method equals itself read further
     (the planted documents are shorter than either length, so reading further changes nothing)."""
     from plots.data import load_sweep
-    from plots.extrapolation import differences
+    from plots.extrapolation import differences, effects
     from ssmlora.sweep.cli import main
     from test_tuning import planted_sweep_setup
 
@@ -204,6 +204,14 @@ def test_extrapolation_differences_find_a_planted_difference_and_none_between_tw
                "[+0.000, +0.000]" in report
         assert "- trained at 64, read to 128: blind read to 128 vs blind at its train length 64: no detectable " \
                "difference" in report
+        # the extrapolation effect (difference in differences): blind's deficit is the same at 64 and 128, so
+        # reading further adds nothing to it, exactly
+        effect = {(k["a"], k["b"]): d for k, d in effects(load_sweep(tmp_path / "p"))}
+        assert set(effect) == {("twin", "lora"), ("blind", "lora"), ("twin", "blind")}
+        gone = effect[("blind", "lora")]
+        assert (gone.diff, gone.low, gone.high, gone.p_value, gone.n_docs) == (0.0, 0.0, 0.0, 1.0, 40)
+        assert "### Extrapolation effects" in report and "- blind \u2212 lora read to 128 vs blind \u2212 lora at " \
+            "its train length 64: no detectable difference" in report
         written = rows_of(tmp_path / "p" / "extrapolation_differences.csv")
         row = next(r for r in written if (r["eval_len"], r["a"], r["b"]) == ("128", "blind", "lora"))
         assert row["detected"] == "True" and float(row["ci_high"]) == pytest.approx(planted.high, abs=1e-5)
