@@ -109,7 +109,7 @@ def save_models(folder: Path) -> None:
 
 def memory_rows(out: Path) -> list[dict]:
     """The cuda-memory part: each sdpa sweep cell's measured training peak against the sum of its counted parts."""
-    from ssmlora.results import read_results
+    from results import read_results
 
     rows = []
     for path in sorted((out / "sweeps").glob("sweep-sdpa/results.csv")):

@@ -15,7 +15,7 @@ __all__ = ["make_report", "compare_sweeps"]
 def make_report(sweep_dir: str | Path) -> list[Path]:
     """Draw every figure of a sweep and write its report.md; return the written paths.
 
-    Raises FileNotFoundError, ssmlora.results.ResultsFormatError or plots.data.SweepError (one-line
+    Raises FileNotFoundError, results.ResultsFormatError or plots.data.SweepError (one-line
     messages) for a missing, malformed or empty results table. A sweep in which no cell succeeded still gets
     its figures (showing the failures) and a report saying so.
     """

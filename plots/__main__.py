@@ -1,7 +1,7 @@
 """Command line: ``python -m plots SWEEP`` and ``python -m plots compare SWEEP_A SWEEP_B [--out DIR]``.
 
 Bad input (no folder, no or empty results.csv, an unreadable file, a header or row that breaks the results
-contract of ssmlora.results) ends with a one-line ``error:`` message and exit status 2; a sweep without a
+contract of results) ends with a one-line ``error:`` message and exit status 2; a sweep without a
 single successful cell gets its figures and report, then exit status 1.
 """
 
@@ -54,7 +54,7 @@ def _compare(argv: list[str]) -> int:
 
 def _or_exit(function, *args):
     """Call ``function``; turn the expected bad-input errors into a one-line message and exit status 2."""
-    from ssmlora.results import ResultsFormatError
+    from results import ResultsFormatError
 
     try:
         return function(*args)

@@ -1,6 +1,6 @@
 """Load a sweep folder and reduce its results table to per-(series, length) statistics.
 
-A sweep folder holds ``results.csv`` (the schema of :mod:`ssmlora.results`) and ``config.json``. This module
+A sweep folder holds ``results.csv`` (the schema of :mod:`results`) and ``config.json``. This module
 reads both, converts the numeric columns, and offers the statistics every figure and the report share:
 mean and 95% t-interval over seeds of a cost, accuracies with the crossed-design interval of plots.stats (seeds
 and test documents both sampled), log-log scaling exponents, and the Pareto front. It imports neither
@@ -21,7 +21,7 @@ import pandas as pd
 from plots.source import SweepError, read_sweep_files  # noqa: F401 (SweepError re-exported)
 from plots.stats import (Accuracy, PairedDifference, accuracy_from_seed_rates, accuracy_interval,
                          paired_difference)
-from ssmlora.results import NUMERIC_COLUMNS
+from results import NUMERIC_COLUMNS, PROBE_PREDICTIONS_FILE, SweepFolder, predictions_file
 
 MIN_SEEDS_FOR_INTERVAL = 3
 
@@ -284,15 +284,8 @@ def n_test_by_length(sweep: Sweep) -> dict[int, int]:
 
 
 def cell_folder(sweep: Sweep, variant: str, length: int, seed: int) -> Path:
-    """The folder of one cell: `cells/<entry>-L<len>-s<seed>`, the --methods entry with ':' as '-'
-    (`ssmlora-scan-...` for ssmlora:scan)."""
-    return sweep.path / "cells" / cell_tag(variant, length, seed)
-
-
-def cell_tag(variant: str, length, seed) -> str:
-    """A cell's folder name, as the sweep writes it (`CellConfig.tag`): 'ssmlora:scan', 512, 0 ->
-    'ssmlora-scan-L512-s0'."""
-    return f"{variant.replace(':', '-')}-L{int(length)}-s{int(seed)}"
+    """The folder of one cell, as the sweep names it (results.SweepFolder)."""
+    return SweepFolder(sweep.path).cell_of(variant, length, seed)
 
 
 def read_outcomes(path: Path) -> pd.DataFrame:
@@ -307,7 +300,7 @@ def load_predictions(sweep: Sweep) -> pd.DataFrame:
     frames, probes_seen = [], set()
     for row in sweep.ok.itertuples():
         cell = cell_folder(sweep, row.variant, row.max_len, row.seed)
-        for name, series in (("predictions.csv", row.series), ("probe_predictions.csv", PROBE_SERIES)):
+        for name, series in ((predictions_file(), row.series), (PROBE_PREDICTIONS_FILE, PROBE_SERIES)):
             key = (int(row.max_len), int(row.seed))
             if series == PROBE_SERIES and key in probes_seen:
                 continue

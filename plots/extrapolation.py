@@ -21,7 +21,7 @@ from plots.data import Sweep, aligned_grids, cell_folder, paired_outcomes, read_
 from plots.stats import accuracy_from_seed_rates, accuracy_interval, difference_in_differences
 from plots.style import (MAJORITY_STYLE, figure_title, method_colour, new_figure, outside_legend, series_offset,
                          style_axes)
-from ssmlora.results import EXTRAPOLATION_COLUMNS, EXTRAPOLATION_FILE
+from results import EXTRAPOLATION_COLUMNS, EXTRAPOLATION_FILE, predictions_file
 
 LINESTYLES = ("-", "--", ":", "-.")
 DIFFERENCES_FILE = "extrapolation_differences.csv"
@@ -97,8 +97,7 @@ def load_outcomes(sweep: Sweep, table: pd.DataFrame) -> pd.DataFrame:
     frames = []
     for r in table.itertuples():
         train, length = int(r.train_len), int(r.eval_len)
-        name = "predictions.csv" if length == train else f"predictions-L{length}.csv"
-        path = cell_folder(sweep, r.variant, train, r.seed) / name
+        path = cell_folder(sweep, r.variant, train, r.seed) / predictions_file(None if length == train else length)
         if path.exists():
             frames.append(read_outcomes(path).assign(series=r.series, train_len=train, eval_len=length,
                                                      seed=int(r.seed)))

@@ -1,5 +1,5 @@
 """The max-context frontier (``<sweep>/frontier.csv``, written by ``experiments/run.py --frontier``): its figure
-and its report section. Reads the csv only (columns: ssmlora.results.FRONTIER_COLUMNS).
+and its report section. Reads the csv only (columns: results.FRONTIER_COLUMNS).
 
 Figure ``frontier``: one pair of bars per method, gradient checkpointing off (solid) and on (hatched), height the
 longest L that fits the budget (log2 axis); a bar stopped by the backbone's reach rather than by memory is marked
@@ -11,9 +11,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from ssmlora.results import FRONTIER_COLUMNS
-
-FRONTIER_FILE = "frontier.csv"
+from results import FRONTIER_COLUMNS, SweepFolder
 CAPTION = ("Longest context L whose training step at micro-batch 1 fits the memory budget, per method, without "
            "(solid) and with (hatched) gradient checkpointing; `how` in frontier.csv says whether it was measured "
            "by real attempts or predicted and confirmed by one real step.")
@@ -21,7 +19,7 @@ CAPTION = ("Longest context L whose training step at micro-batch 1 fits the memo
 
 def read_frontier(folder: str | Path) -> list[dict]:
     """Rows of ``<folder>/frontier.csv`` ([] when absent), numbers parsed."""
-    path = Path(folder) / FRONTIER_FILE
+    path = SweepFolder(folder).frontier
     if not path.exists():
         return []
     with path.open(newline="") as fh:

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from plots.data import cell_tag
 from plots.style import figure_title, method_colour, new_figure, outside_legend, style_axes
-from ssmlora.results import read_results
+from results import SweepFolder, read_results, trial_tag
 
 CAPTION = ("Validation accuracy (left) and loss (right) against optimizer steps, mean over seeds, from the "
            "validation split only (`--val-every`); colour: method, line style: context length.")
@@ -30,19 +29,18 @@ LENGTH_STYLES = ("-", "--", ":", "-.")
 def load_curves(folder: str | Path) -> pd.DataFrame:
     """Every validation point of a sweep folder's cells (source "cell") and tuning trials (source "trial"), one
     row per (run, step), columns CURVE_COLUMNS; empty when no run validated during training."""
-    folder = Path(folder)
+    folder = SweepFolder(folder)
     runs = []
-    if (folder / "results.csv").exists():
-        for r in read_results(folder / "results.csv"):
+    if folder.results.exists():
+        for r in read_results(folder.results):
             lr = float(r["lr"]) if r.get("lr") else math.nan
-            runs.append((folder / "cells" / cell_tag(r["variant"], r["max_len"], r["seed"]), r["variant"],
-                         int(r["max_len"]), int(r["seed"]), lr, "cell"))
-    config_path = folder / "config.json"
-    tuning = (json.loads(config_path.read_text()).get("tuning") or {}) if config_path.exists() else {}
+            runs.append((folder.cell_of(r["variant"], r["max_len"], r["seed"]), r["variant"], int(r["max_len"]),
+                         int(r["seed"]), lr, "cell"))
+    tuning = (json.loads(folder.config.read_text()).get("tuning") or {}) if folder.config.exists() else {}
     for label, trials in (tuning.get("trials") or {}).items():
         for t in trials:
-            tag = f"{cell_tag(label, t['length'], tuning['seed'])}-lr{t['lr']:g}"  # as sweep.tune.trial_tag
-            runs.append((folder / "tune" / tag, label, int(t["length"]), int(tuning["seed"]), float(t["lr"]), "trial"))
+            tag = trial_tag(label, t["length"], tuning["seed"], t["lr"])
+            runs.append((folder.trial(tag), label, int(t["length"]), int(tuning["seed"]), float(t["lr"]), "trial"))
     frames = []
     for run_dir, series, length, seed, lr, source in runs:
         points = _validation_points(run_dir / "metrics.csv")

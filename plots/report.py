@@ -18,6 +18,7 @@ from plots.frontier import frontier_figure, frontier_section, read_frontier
 from plots.learning_curve import CAPTION as LEARNING_CURVE_CAPTION
 from plots.stats import holm
 from plots.verdict import table_lines, verdicts
+from results import SweepFolder, write_atomically
 
 FIGURE_CAPTIONS = {
     "accuracy_vs_length": "Test accuracy against context length: mean over seeds (line), single seeds (dots), "
@@ -53,7 +54,8 @@ def write_report(sweep: Sweep) -> list[Path]:
     from plots.figures import figures_for
     from plots.style import save_figure
 
-    plot_dir = sweep.path / "plots"
+    paths = SweepFolder(sweep.path)
+    plot_dir = paths.plots
     written: list[Path] = []
     figure_names = []
     for name, draw in figures_for(sweep).items():
@@ -63,9 +65,8 @@ def write_report(sweep: Sweep) -> list[Path]:
     frontier = read_frontier(sweep.path)
     if frontier:
         written += save_figure(frontier_figure(frontier), plot_dir, "frontier")
-    report_path = sweep.path / "report.md"
-    report_path.write_text(render_report(sweep, figure_names) + "\n".join(["", *frontier_section(frontier)]))
-    return written + [report_path]
+    write_atomically(paths.report, render_report(sweep, figure_names) + "\n".join(["", *frontier_section(frontier)]))
+    return written + [paths.report]
 
 
 def render_report(sweep: Sweep, figure_names: list[str]) -> str:
@@ -339,11 +340,10 @@ def write_frontier_outputs(folder: str | Path) -> list[Path]:
     results, else the frontier section alone); return the written paths."""
     from plots.style import save_figure
 
-    folder = Path(folder)
-    rows = read_frontier(folder)
-    if (folder / "results.csv").exists() and (folder / "config.json").exists():
-        return make_report(folder)
-    written = save_figure(frontier_figure(rows), folder / "plots", "frontier")
-    report = folder / "report.md"
-    report.write_text("\n".join([f"# Frontier report: {folder.name}", "", *frontier_section(rows)]))
-    return written + [report]
+    paths = SweepFolder(folder)
+    rows = read_frontier(paths.root)
+    if paths.results.exists() and paths.config.exists():
+        return make_report(paths.root)
+    written = save_figure(frontier_figure(rows), paths.plots, "frontier")
+    write_atomically(paths.report, "\n".join([f"# Frontier report: {paths.name}", "", *frontier_section(rows)]))
+    return written + [paths.report]

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-from ssmlora.results import wilson_interval
+from results import wilson_interval
 
 BOOTSTRAP_SAMPLES = 4000
 BOOTSTRAP_SEED = 0  # a fixed generator: the report of one sweep is the same on every run

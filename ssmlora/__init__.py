@@ -1,14 +1,15 @@
 """ssmlora: LoRA and SSMLoRA (arXiv 2502.04958) adapters and a long-context experiment suite.
 
 Layers, from the ground up (each imports only those before it):
-- `data_prep` (a separate package): the long-document tasks;
+- `data_prep` and `results` (separate packages, no torch): the long-document tasks; the sweep folder's layout and
+  files (the results contract, cell claims, atomic writes);
 - `ssmlora` itself, the adapter library: config, methods (the registry), lora, ssm, scan, arch, inject,
   serialization, params; torch and transformers only;
 - `ssmlora.lab`: the Lightning side: backbone loading, data module, LightningModule, profilers, probe, one cell;
 - `ssmlora.sweep`: the sweep: its config tree, validation, cell processes, orchestration, CLI;
-- `experiments/run.py` and `plots/` (which reads only the results contract, `ssmlora.results`).
+- `experiments/run.py` and `plots/` (which reads only `results`).
 
-The public names load lazily, so light modules (`ssmlora.results`, used by `plots`) import without torch.
+The public names load lazily, so `import ssmlora` stays light.
 """
 
 from importlib import import_module

@@ -22,13 +22,14 @@ from ssmlora.sweep.config import SweepConfig, flat_fields, section_type
 from tiny_models import tiny_model, tiny_sweep_env
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYER = {"data_prep": 0, "ssmlora": 1, "ssmlora.lab": 2, "ssmlora.sweep": 3, "plots": 3}
+LAYER = {"data_prep": 0, "results": 0, "ssmlora": 1, "ssmlora.lab": 2, "ssmlora.sweep": 3, "plots": 3}
+PACKAGES = ("data_prep", "results", "ssmlora", "plots")
 
 
 def _imports() -> dict[str, set[str]]:
     """{module: project modules it imports, at any depth of its code}, from the source's AST."""
     graph = {}
-    for pkg in ("data_prep", "ssmlora", "plots"):
+    for pkg in PACKAGES:
         for path in (ROOT / pkg).rglob("*.py"):
             name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
             found = set()
@@ -39,12 +40,12 @@ def _imports() -> dict[str, set[str]]:
                     found.add(node.module)
                 elif isinstance(node, ast.ImportFrom) and node.level:
                     found.add(name.rsplit(".", node.level)[0] + (f".{node.module}" if node.module else ""))
-            graph[name] = {m for m in found if m.split(".")[0] in ("data_prep", "ssmlora", "plots")}
+            graph[name] = {m for m in found if m.split(".")[0] in PACKAGES}
     return graph
 
 
 def _layer(module: str) -> int:
-    for prefix in ("ssmlora.lab", "ssmlora.sweep", "data_prep", "plots", "ssmlora"):
+    for prefix in ("ssmlora.lab", "ssmlora.sweep", "data_prep", "results", "plots", "ssmlora"):
         if module == prefix or module.startswith(prefix + "."):
             return LAYER[prefix]
     raise AssertionError(module)
@@ -56,12 +57,18 @@ def test_imports_point_down_only():
               if _layer(b) > _layer(a) and not (a == "ssmlora" and b.startswith("ssmlora."))]
     assert upward == []
     assert not any(b.startswith("ssmlora") for a, deps in graph.items() if a.startswith("data_prep") for b in deps)
+    # the ground layers stand alone: neither imports the other, and results loads no torch
+    assert not any(b.split(".")[0] in ("data_prep", "ssmlora") for a, deps in graph.items()
+                   if a.startswith("results") for b in deps)
     library = [a for a in graph if _layer(a) == 1]
     assert not any(b.startswith(("ssmlora.lab", "ssmlora.sweep")) for a in library for b in graph[a])
-    plots = {b for a, deps in graph.items() if a.startswith("plots") for b in deps if b.startswith("ssmlora")}
-    assert plots == {"ssmlora.results"}  # the plots read only the results contract
+    plots = {b.split(".")[0] for a, deps in graph.items() if a.startswith("plots") for b in deps}
+    assert plots == {"plots", "results"}  # the plots read only the sweep folder's files
     out = subprocess.run([sys.executable, "-c", "import sys, ssmlora.inject, ssmlora.params; "
                           "print('lightning' in sys.modules)"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    out = subprocess.run([sys.executable, "-c", "import sys, results, results.claims; print('torch' in sys.modules)"],
+                         capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from ssmlora import results as R
-from ssmlora.results.__main__ import main as results_main
-from ssmlora.claims import claim_cell, current_holder, describe_holder
-from ssmlora.results import (COLUMN_NAMES, SCHEMA_VERSION, ResultsFormatError, read_results, repair_results,
+import results as R
+from results.__main__ import main as results_main
+from results.claims import claim_cell, current_holder, describe_holder
+from results import (COLUMN_NAMES, SCHEMA_VERSION, ResultsFormatError, read_results, repair_results,
                              split_results, typed, update_results, write_results)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -340,3 +340,57 @@ def test_plots_cli_on_garbage_results_is_one_error_line(tmp_path):
                             text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error:") and "line 1" in result.stderr
+
+
+def test_write_atomically_replaces_whole_files_and_leaves_nothing_behind(tmp_path):
+    """Text, bytes and a writer function each replace the file whole; a writer that fails leaves the old file and
+    no temp file; a replaced file keeps its mode; the temp name carries the process id."""
+    from results import write_atomically
+
+    target = tmp_path / "deep" / "f.json"
+    write_atomically(target, '{"a": 1}')
+    assert target.read_text() == '{"a": 1}'
+    os.chmod(target, 0o640)
+    write_atomically(target, b"\x00\x01")
+    assert target.read_bytes() == b"\x00\x01" and stat.S_IMODE(target.stat().st_mode) == 0o640
+    seen = []
+
+    def writer(tmp: Path) -> None:
+        seen.append(tmp.name)
+        tmp.write_text("from a writer")
+
+    write_atomically(target, writer)
+    assert target.read_text() == "from a writer" and f".{os.getpid()}." in seen[0]
+
+    def broken(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_atomically(target, broken)
+    assert target.read_text() == "from a writer"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["f.json"]
+
+
+def test_every_file_of_a_sweep_folder_is_written_through_one_function():
+    """No module replaces a file by hand: os.replace appears only in results/folder.py (data_prep's cache renames
+    a whole folder, its own atomic step)."""
+    hand_written = [str(p.relative_to(REPO)) for pkg in ("results", "ssmlora", "plots", "benchmarks", "experiments")
+                    for p in (REPO / pkg).rglob("*.py") if "os.replace(" in p.read_text()]
+    assert hand_written == ["results/folder.py"]
+
+
+def test_sweep_folder_names_the_paths_the_sweep_and_plots_use(tmp_path):
+    from plots.data import cell_folder
+    from results import SweepFolder, cell_tag, trial_tag
+    from ssmlora.config import AdapterConfig
+    from ssmlora.lab.cell import CellConfig
+
+    folder = SweepFolder(tmp_path / "s")
+    assert folder.results == tmp_path / "s" / "results.csv" and folder.config == tmp_path / "s" / "config.json"
+    assert folder.cell_of("ssmlora:scan", 512, 0) == tmp_path / "s" / "cells" / "ssmlora-scan-L512-s0"
+    assert CellConfig(adapter=AdapterConfig(method="lora"), max_len=512, seed=3).tag() == cell_tag("lora", 512, 3) \
+        == "lora-L512-s3"
+    assert folder.trial(trial_tag("lora", 512, 0, 5e-4)) == tmp_path / "s" / "tune" / "lora-L512-s0-lr0.0005"
+    sweep = type("S", (), {"path": tmp_path / "s"})()
+    assert cell_folder(sweep, "ssmlora:scan", 512, 0) == folder.cell_of("ssmlora:scan", 512, 0)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ssmlora.lab.backbone import save_tiny_backbone
-from ssmlora.results import COLUMN_NAMES, SCHEMA_VERSION
+from results import COLUMN_NAMES, SCHEMA_VERSION
 from ssmlora.sweep.launch import run_cell_in_process
 from ssmlora.sweep.config import SweepConfig
 from tiny_models import tiny_sweep_env

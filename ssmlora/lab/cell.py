@@ -1,7 +1,7 @@
 """One sweep cell: build its data and adapted backbone, fit the head by probe, train, score, save.
 
 A cell knows nothing of the sweep around it: `CellConfig` holds everything it needs, with the method's learning
-rate already resolved. `run_cell` returns the cell's fields of the results row (ssmlora.results).
+rate already resolved. `run_cell` returns the cell's fields of the results row (results).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from ssmlora.lab.progress import StepProgressBar
 from ssmlora.lab.runtime import RuntimeConfig, batch_plan, is_rank_zero, quiet_libraries
 from ssmlora.lab.variants import MethodVariant
 from ssmlora.serialization import load_adapters, save_adapters, ssm_state_snapshot
+from results import PROBE_PREDICTIONS_FILE, cell_tag
 
 
 @dataclass
@@ -66,7 +67,7 @@ class CellConfig:
         return self.variant.label if self.variant is not None else self.method
 
     def tag(self) -> str:
-        return f"{self.label.replace(':', '-')}-L{self.max_len}-s{self.seed}"
+        return cell_tag(self.label, self.max_len, self.seed)
 
     def batch_plan(self) -> tuple[int, int, int]:
         """(effective batch, micro-batch per device, accumulation steps)."""
@@ -161,7 +162,7 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
         save_adapters(model, cell_dir / "adapter", ssm_state=state)  # the tested weights: identical on every rank
         write_predictions(cell_dir / predictions_file(), predictions, doc_ids(data["test"]))
         if probe_rows:
-            write_predictions(cell_dir / "probe_predictions.csv", probe_rows, doc_ids(data["test"]))
+            write_predictions(cell_dir / PROBE_PREDICTIONS_FILE, probe_rows, doc_ids(data["test"]))
     longer = score_longer(cfg, trainer, module, data["test"], scores, resolve_model_path(cfg.model.model), pad_id,
                           micro, cell_dir) if cfg.data.eval_lengths else []
     return {

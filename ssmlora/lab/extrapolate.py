@@ -16,7 +16,7 @@ from pathlib import Path
 from data_prep import majority_rate
 from ssmlora.lab.data import TaskDataModule, task_data
 from ssmlora.lab.predictions import doc_ids, gather_predictions, predictions_file, write_predictions
-from ssmlora.results import wilson_interval
+from results import wilson_interval
 
 
 def longest_length(cfg) -> int:

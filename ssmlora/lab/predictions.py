@@ -7,20 +7,20 @@ The paired accuracy differences of the plots (plots.stats) are computed from the
 
 from __future__ import annotations
 
-import csv
-import os
 from pathlib import Path
 
 import torch
 
+from results import csv_text, predictions_file, write_atomically  # noqa: F401 (predictions_file re-exported)
+
 PREDICTION_COLUMNS = ("doc_id", "label", "prediction", "p_pred", "p_true")
 
 
-def predictions_file(eval_len: int | None = None) -> str:
-    """The file name of a cell's predictions: at its own L (None), or read to `eval_len` tokens."""
-    return "predictions.csv" if eval_len is None else f"predictions-L{eval_len}.csv"
-
-
+def write_predictions(path: Path, rows: list[dict], doc_ids: list[str]) -> None:
+    """predictions.csv: one line per test document, in the test split's order (the same for every cell at one
+    length, so two cells' files pair line by line and by doc_id)."""
+    write_atomically(path, csv_text(PREDICTION_COLUMNS, (
+        [doc_ids[r["row"]], r["label"], r["prediction"], f"{r['p_pred']:.6g}", f"{r['p_true']:.6g}"] for r in rows)))
 
 
 def gather_predictions(trainer, local: list[dict]) -> list[dict]:
@@ -35,17 +35,3 @@ def gather_predictions(trainer, local: list[dict]) -> list[dict]:
 def doc_ids(split) -> list[str]:
     """The split's document ids (data_prep's `doc_id`), or the row numbers for a dataset without them."""
     return split["doc_id"] if "doc_id" in split.column_names else [str(i) for i in range(len(split))]
-
-
-def write_predictions(path: Path, rows: list[dict], doc_ids: list[str]) -> None:
-    """predictions.csv: one line per test document, in the test split's order (the same for every cell at one
-    length, so two cells' files pair line by line and by doc_id)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        out = csv.writer(fh)
-        out.writerow(PREDICTION_COLUMNS)
-        for r in rows:
-            out.writerow([doc_ids[r["row"]], r["label"], r["prediction"], f"{r['p_pred']:.6g}", f"{r['p_true']:.6g}"])
-    os.replace(tmp, path)
-

@@ -31,6 +31,7 @@ from ssmlora.arch import family_of, find_head
 from ssmlora.inject import reset_ssm_state
 from ssmlora.lab.data import BucketBatchSampler, PadCollator
 from ssmlora.lora import AdapterLinear
+from results import write_atomically
 
 
 def head_linear(model: nn.Module) -> nn.Linear:
@@ -204,7 +205,4 @@ def probe_predictions(model: nn.Module, test, batch_size: int, precision: str = 
 
 
 def _save_atomically(path: Path, features: torch.Tensor, labels: torch.Tensor) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({"features": features.contiguous(), "labels": labels}, str(tmp))
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: save_file({"features": features.contiguous(), "labels": labels}, str(tmp)))

@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+from results import RESULT_FILE, write_atomically
+
 
 def run_child(cfg_blob: bytes, cell_dir: str, probe_dir: str | None, parent: int, env: dict | None = None) -> None:
     """Run one cell (or one rank of it) and leave its result file.
@@ -29,10 +31,8 @@ def run_child(cfg_blob: bytes, cell_dir: str, probe_dir: str | None, parent: int
     from ssmlora.lab.cell import run_cell_safely  # heavy: deliberately after the watch started
 
     result = run_cell_safely(pickle.loads(cfg_blob), Path(cell_dir), probe_dir)
-    name = f"rank{env['RANK']}.json" if env else "result.json"
-    tmp = Path(cell_dir) / f".{name}.tmp"
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, Path(cell_dir) / name)
+    name = f"rank{env['RANK']}.json" if env else RESULT_FILE
+    write_atomically(Path(cell_dir) / name, json.dumps(result))
     if env:  # leave at once: exit-time teardown of a process group can wait forever on a departed peer
         exit_now(0 if result.get("status") == "ok" else 1)
 
@@ -50,9 +50,7 @@ def run_prep_child(cfg_blob: bytes, seeds: list[int], probe_dir: str, out: str, 
     except Exception as err:  # noqa: BLE001 - reported to the sweep, which lets the cells build for themselves
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
         result = {"status": f"failed: {type(err).__name__}: {first}", "error": traceback.format_exc()}
-    tmp = Path(out).with_name(f".{Path(out).name}.tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, out)
+    write_atomically(out, json.dumps(result))
 
 
 def exit_when_orphaned(parent: int, poll_s: float = 2.0) -> None:

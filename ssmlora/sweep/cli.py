@@ -25,6 +25,7 @@ from ssmlora.sweep.config import GRID, SweepConfig, flat_fields, section_type
 from ssmlora.sweep.runner import any_failed, results_table, run_sweep
 from ssmlora.sweep.tune import TuningError
 from ssmlora.sweep.validate import SweepError, flag, validate, value_error
+from results import SweepFolder
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -201,19 +202,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if not is_rank_zero():  # torchrun / srun: the other ranks trained and scored; rank 0 reports
         return 1 if any_failed(rows) else 0
+    paths = SweepFolder(folder)
     if cfg.optim.tune_only:
-        print("\n".join(tuning_lines(json.loads((folder / "config.json").read_text()))))
-        print(f"tuning: {folder / 'tune' / 'tuning.json'} (--tune-only: no sweep cell trained, test split unread)")
+        print("\n".join(tuning_lines(json.loads(paths.config.read_text()))))
+        print(f"tuning: {paths.tune / 'tuning.json'} (--tune-only: no sweep cell trained, test split unread)")
         curves = load_curves(folder)
         if len(curves):  # --val-every: the trials' validation curves
             about = f"{cfg.data.task}, tuning trials (seed {cfg.seeds[0]}), validation split only"
-            paths = save_figure(learning_curve_figure(curves, about), folder / "tune", "learning_curve")
-            print(f"learning curves: {paths[0]}")
+            written = save_figure(learning_curve_figure(curves, about), paths.tune, "learning_curve")
+            print(f"learning curves: {written[0]}")
         return 0
     print(results_table(rows))
-    print(f"results: {folder / 'results.csv'}")
+    print(f"results: {paths.results}")
     written = make_report(folder)
-    print(f"plots: {len(written)} files in {folder / 'plots'}, report: {folder / 'report.md'}")
+    print(f"plots: {len(written)} files in {paths.plots}, report: {paths.report}")
     return 1 if any_failed(rows) else 0
 
 

@@ -1,14 +1,13 @@
 """`python experiments/run.py --frontier --mem-budget 8GiB`: per method, with and without gradient
 checkpointing, the longest context whose training step at micro-batch 1 fits the budget (ssmlora.lab.frontier).
 
-Writes `<sweep folder>/frontier.csv` (columns: ssmlora.results.FRONTIER_COLUMNS); the figure and the report
+Writes `<sweep folder>/frontier.csv` (columns: results.FRONTIER_COLUMNS); the figure and the report
 section come from `plots`. The sweep's own settings choose the backbone, attention kernel, adapters, precision
 and device, so the frontier belongs to the sweep folder those settings name.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from ssmlora.lab.backbone import check_backbone, load_backbone
 from ssmlora.lab.frontier import FRONTIER_MMAP_THRESHOLD, cuda_budget, frontier_point
 from ssmlora.lab.memory import MiB, configure_allocator_for_measurement, memory_decomposition
 from ssmlora.lab.variants import MethodVariant
-from ssmlora.results import FRONTIER_COLUMNS
+from results import FRONTIER_COLUMNS, SweepFolder, csv_text, write_atomically
 from ssmlora.sweep.config import SweepConfig
 from ssmlora.sweep.validate import SweepError, validate
 
@@ -94,18 +93,14 @@ def run_frontier(cfg: SweepConfig, budget_bytes: int, out: str | os.PathLike = "
                          "mem_budget_mb": budget_bytes / MiB, "model": cfg.model.model, "attn_impl": attn,
                          "precision": cfg.runtime.precision, "device": device.type, "note": note})
             log(f"  -> max L {point['max_len']} ({point['how']}{', ' + note if note else ''})", flush=True)
-            write_frontier(folder / "frontier.csv", rows)  # after every row: a run cut short keeps its rows
-    log(f"frontier: {len(rows)} rows in {time.perf_counter() - start:.0f} s -> {folder / 'frontier.csv'}")
+            write_frontier(SweepFolder(folder).frontier, rows)  # after every row: a run cut short keeps its rows
+    log(f"frontier: {len(rows)} rows in {time.perf_counter() - start:.0f} s -> {SweepFolder(folder).frontier}")
     return folder, rows
 
 
 def write_frontier(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=[c for c, _ in FRONTIER_COLUMNS], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
-    os.replace(tmp, path)
+    names = [c for c, _ in FRONTIER_COLUMNS]
+    write_atomically(path, csv_text(names, ([("" if row.get(c) is None else row[c]) for c in names] for row in rows)))
 
 
 class _nothing:

@@ -19,6 +19,7 @@ from pathlib import Path
 from ssmlora.lab.cell import CellConfig
 from ssmlora.lab.runtime import RuntimeConfig
 from ssmlora.sweep.child import run_child, run_prep_child
+from results import RESULT_FILE, write_atomically
 
 
 def _free_port() -> int:
@@ -63,7 +64,7 @@ def run_cell_in_process(cfg: CellConfig, cell_dir: Path, probe_dir: Path | None 
     to fail stops the others.
     """
     cell_dir.mkdir(parents=True, exist_ok=True)
-    for old in [cell_dir / "result.json", *cell_dir.glob("rank*.json")]:
+    for old in [cell_dir / RESULT_FILE, *cell_dir.glob("rank*.json")]:
         old.unlink(missing_ok=True)
     envs = rank_environments(cfg.runtime, port_offset) if cfg.runtime.distributed_strategy() else [None]
     ctx = mp.get_context("spawn")
@@ -86,7 +87,7 @@ def run_cell_in_process(cfg: CellConfig, cell_dir: Path, probe_dir: Path | None 
         raise
     _stop(procs)
     if envs[0] is None:
-        files = [cell_dir / "result.json"]
+        files = [cell_dir / RESULT_FILE]
     else:  # rank 0's figures, unless another rank failed first
         files = [cell_dir / f"rank{env['RANK']}.json" for env in envs]
     results = [json.loads(f.read_text()) if f.exists() else None for f in files]
@@ -104,8 +105,7 @@ def run_cell_in_process(cfg: CellConfig, cell_dir: Path, probe_dir: Path | None 
             status = f"failed: cell process exited with code {code}"
         result = {"status": status, "wall_s": time.perf_counter() - start}
     if envs[0] is not None and int(envs[0]["RANK"]) == 0:
-        (cell_dir / ".result.json.tmp").write_text(json.dumps(result))
-        os.replace(cell_dir / ".result.json.tmp", cell_dir / "result.json")
+        write_atomically(cell_dir / RESULT_FILE, json.dumps(result))
     return result
 
 

@@ -2,8 +2,8 @@
 
 Layout of a sweep folder `<out>/<name>/`:
   config.json           the configuration tree, the resolved per-cell values and the environment
-  results.csv           one row per finished cell (ssmlora.results), merged in under a lock after every cell
-  claims/               which process runs which cell (ssmlora.claims)
+  results.csv           one row per finished cell (results), merged in under a lock after every cell
+  claims/               which process runs which cell (results.claims)
   cells/<cell>/         Lightning's CSVLogger output, the cell's result.json and its saved adapter
   probe/                the linear probe's cached frozen features, per (length, seed), and test features per length,
                         filled by the preparation step of each length before its cells (ssmlora.lab.prep)
@@ -28,13 +28,13 @@ from pathlib import Path
 from ssmlora.lab.cell import CellConfig, run_cell_safely
 from ssmlora.lab.runtime import batch_plan, environment, is_rank_zero
 from ssmlora.lab.variants import MethodVariant
-from ssmlora.claims import claim_cell, describe_holder
-from ssmlora.results import (CELL_KEY, EXTRAPOLATION_FILE, SCHEMA_VERSION, cell_key, read_results, update_results,
-                             write_extrapolation)
 from ssmlora.sweep.config import GRID, SweepConfig
 from ssmlora.sweep.launch import prepare_in_process, run_cell_in_process
 from ssmlora.sweep.tune import apply_choice, run_tuning
 from ssmlora.sweep.validate import validate
+from results import (CELL_KEY, SCHEMA_VERSION, SweepFolder, cell_key, read_results, update_results,
+                     write_atomically, write_extrapolation)
+from results.claims import claim_cell, describe_holder
 
 
 def config_json(cfg: SweepConfig, name: str, old: dict | None = None, tuning: dict | None = None,
@@ -138,15 +138,16 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name:
     """Validate, then run every cell that has no row yet; return (folder, every row of the folder).
 
     Several processes may run one sweep into one folder (N workers of one grid, or an accident): each cell is
-    claimed by one process (ssmlora.claims) and the others move on to the next; each finished row is merged into
-    results.csv under a lock (ssmlora.results.update_results), so no process drops another's rows.
+    claimed by one process (results.claims) and the others move on to the next; each finished row is merged into
+    results.csv under a lock (results.update_results), so no process drops another's rows.
     """
     folder = validate(cfg, Path(out), name, in_process, repair=repair, warn=lambda m: print(m, file=sys.stderr))
     if not is_rank_zero():  # under torchrun / srun every rank runs this loop; one of them talks
         log = lambda *args, **kwargs: None  # noqa: E731
     sweep_hash = cfg.identity_hash()
-    res_path = folder / "results.csv"
-    old_cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+    paths = SweepFolder(folder)
+    res_path = paths.results
+    old_cfg = json.loads(paths.config.read_text()) if paths.config.exists() else {}
     prep = dict(old_cfg.get("prep") or {})
     _write_config(cfg, folder, old_cfg, prep=prep)
 
@@ -184,22 +185,22 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name:
                 continue
             if not in_process and cell.max_len not in prepared:
                 prepared.add(cell.max_len)
-                prep[str(cell.max_len)] = prepare_in_process(cell, cfg.seeds, folder / "probe")
+                prep[str(cell.max_len)] = prepare_in_process(cell, cfg.seeds, paths.probe)
                 _write_config(cfg, folder, old_cfg, tuning, prep)
                 progress.prepared(cell.max_len, prep[str(cell.max_len)])
             progress.begin(i, cell)
-            cell_dir = folder / "cells" / cell.tag()
+            cell_dir = paths.cell(cell.tag())
             if in_process:
-                result = run_cell_safely(cell, cell_dir, folder / "probe")
+                result = run_cell_safely(cell, cell_dir, paths.probe)
             else:
-                result = run_cell_in_process(cell, cell_dir, folder / "probe", port_offset=i)
+                result = run_cell_in_process(cell, cell_dir, paths.probe, port_offset=i)
             row = {**base_row(cfg, cell), **result}
             if is_rank_zero():
                 row = _record(res_path, row, sweep_hash)
                 _keep_extrapolation(cfg, cell, cell_dir, result)
             progress.finished(i, cell, row)
     if is_rank_zero() and cfg.data.eval_lengths:
-        write_extrapolation(folder / EXTRAPOLATION_FILE, extrapolation_rows(cfg, folder))
+        write_extrapolation(paths.extrapolation, extrapolation_rows(cfg, folder))
     rows = read_results(res_path, sweep_hash=sweep_hash) if res_path.exists() else []
     return folder, rows
 
@@ -213,14 +214,14 @@ def _keep_extrapolation(cfg: SweepConfig, cell: CellConfig, cell_dir: Path, resu
         return
     ident = {"method": cell.method, **cfg.row_identity(cell.variant), "variant": cell.label,
              "seed": cell.seed}
-    path.write_text(json.dumps([{**ident, **r} for r in result["extrapolation"]]))
+    write_atomically(path, json.dumps([{**ident, **r} for r in result["extrapolation"]]))
 
 
 def extrapolation_rows(cfg: SweepConfig, folder: Path) -> list[dict]:
     """Every extrapolation row of the grid's cells, in the grid's order."""
     rows = []
     for cell in cfg.cells():
-        path = folder / "cells" / cell.tag() / "extrapolation.json"
+        path = SweepFolder(folder).cell(cell.tag()) / "extrapolation.json"
         if path.exists():
             rows += json.loads(path.read_text())
     return rows
@@ -229,9 +230,8 @@ def extrapolation_rows(cfg: SweepConfig, folder: Path) -> list[dict]:
 def _write_config(cfg: SweepConfig, folder: Path, old_cfg: dict, tuning: dict | None = None,
                   prep: dict | None = None) -> None:
     if is_rank_zero():
-        tmp = folder / f".config.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(config_json(cfg, folder.name, old_cfg, tuning, prep), indent=2, default=str))
-        os.replace(tmp, folder / "config.json")
+        write_atomically(SweepFolder(folder).config,
+                         json.dumps(config_json(cfg, folder.name, old_cfg, tuning, prep), indent=2, default=str))
 
 
 def _finished(res_path: Path, sweep_hash: str, retry_failed: bool) -> dict[tuple, dict]:

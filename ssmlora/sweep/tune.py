@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,6 +28,8 @@ from ssmlora.lab.runtime import is_rank_zero
 from ssmlora.lab.variants import MethodVariant
 from ssmlora.sweep.config import SweepConfig
 from ssmlora.sweep.launch import run_cell_in_process
+from results import RESULT_FILE, SweepFolder, write_atomically
+from results import trial_tag as trial_folder_name
 
 
 class TuningError(RuntimeError):
@@ -56,16 +57,16 @@ def trial_cells(cfg: SweepConfig) -> list[CellConfig]:
 
 
 def trial_tag(cell: CellConfig) -> str:
-    return f"{cell.tag()}-lr{cell.lr:g}"
+    return trial_folder_name(cell.label, cell.max_len, cell.seed, cell.lr)
 
 
 def run_tuning(cfg: SweepConfig, folder: Path, in_process: bool = False, log=print) -> dict:
     """Run (or reuse) every trial and select; return the record written to tune/tuning.json:
     {"knob", "lengths", "seed", "chosen": {method: {"<L>": lr}}, "overall": {method: lr},
     "trials": {method: [trial, ...]}} (a trial: length, lr, status, val_acc, val_loss, ...)."""
-    root = folder / "tune"
+    paths = SweepFolder(folder)
     cells = trial_cells(cfg)
-    done = {trial_tag(c): _read(root / trial_tag(c) / "result.json") for c in cells}  # read once, before any run
+    done = {trial_tag(c): _read(paths.trial(trial_tag(c)) / RESULT_FILE) for c in cells}  # read once, before any
     trials: dict[str, list[dict]] = {m.label: [] for m in tuned_methods(cfg)}
     for i, cell in enumerate(cells, 1):
         tag = trial_tag(cell)
@@ -75,13 +76,13 @@ def run_tuning(cfg: SweepConfig, folder: Path, in_process: bool = False, log=pri
                 f"val_acc {result['val_acc']:.3f}")
         else:
             log(f"[tune {i}/{len(cells)}] {cell.label} lr={cell.lr:g} L={cell.max_len} ...", flush=True)
-            cell_dir = root / tag
+            cell_dir = paths.trial(tag)
             if in_process:
-                result = run_cell_safely(cell, cell_dir, folder / "probe")
+                result = run_cell_safely(cell, cell_dir, paths.probe)
                 if is_rank_zero():
-                    _write_json(cell_dir / "result.json", result)
+                    _write_json(cell_dir / RESULT_FILE, result)
             else:
-                result = run_cell_in_process(cell, cell_dir, folder / "probe", port_offset=i)
+                result = run_cell_in_process(cell, cell_dir, paths.probe, port_offset=i)
             score = f"val_acc {result['val_acc']:.3f}" if result.get("status") == "ok" else result.get("status")
             log(f"[tune {i}/{len(cells)}] {cell.label} lr={cell.lr:g}: {score}", flush=True)
         trials[cell.label].append({"length": cell.max_len, "lr": cell.lr, **{k: result.get(k) for k in (
@@ -92,7 +93,7 @@ def run_tuning(cfg: SweepConfig, folder: Path, in_process: bool = False, log=pri
                          for m, t in trials.items()},
               "overall": {m: select_overall(m, t) for m, t in trials.items()}, "trials": trials}
     if is_rank_zero():
-        _write_json(root / "tuning.json", record)
+        _write_json(paths.tune / "tuning.json", record)
     return record
 
 
@@ -156,7 +157,4 @@ def _read(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(data, indent=2))

@@ -22,7 +22,7 @@ from ssmlora.lab.data import is_cached
 from ssmlora.lab.module import TUNE_KNOBS
 from ssmlora.lab.runtime import external_launcher
 from ssmlora.methods import get_method
-from ssmlora.results import SCHEMA_VERSION, ResultsFormatError, read_results, repair_results
+from results import SCHEMA_VERSION, ResultsFormatError, SweepFolder, read_results, repair_results
 from ssmlora.sweep.config import GRID, SECTIONS, SweepConfig, flat_fields
 
 LONGEST_FILE = "adapter/adapter_model.safetensors"  # the deepest path a cell writes below its folder
@@ -162,7 +162,7 @@ def check_devices(cfg: SweepConfig, in_process: bool = False, warn=None) -> None
 def check_folder(cfg: SweepConfig, folder: Path, repair: bool = False, warn=None) -> None:
     """The folder can be written, every path a cell will write fits the OS limits, and it holds no other sweep."""
     longest = max((c.tag() for c in cfg.cells()), key=len)
-    deepest = folder / "cells" / longest / LONGEST_FILE
+    deepest = SweepFolder(folder).cell(longest) / LONGEST_FILE
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"  # per process: torchrun's ranks probe at once
@@ -180,7 +180,8 @@ def check_folder(cfg: SweepConfig, folder: Path, repair: bool = False, warn=None
 def check_existing(cfg: SweepConfig, folder: Path, repair: bool = False, warn=None) -> None:
     """A folder holding another sweep's config, or rows that are unreadable or of another configuration, is an
     error, never overwritten. `repair` moves such rows to results.bad.csv instead, so their cells run again."""
-    cfg_path = folder / "config.json"
+    paths = SweepFolder(folder)
+    cfg_path = paths.config
     if cfg_path.exists():
         try:
             old = json.loads(cfg_path.read_text())
@@ -204,7 +205,7 @@ def check_existing(cfg: SweepConfig, folder: Path, repair: bool = False, warn=No
             raise SweepError(f"{folder} holds a sweep with a different configuration (differs in: "
                              f"{', '.join(changed) or 'layout'}); use another --name or --out, or the original "
                              f"settings to resume it")
-    res = folder / "results.csv"
+    res = paths.results
     if res.exists():
         try:
             if repair:

@@ -95,7 +95,6 @@ SCHEMA_1_NAMES = frozenset(COLUMN_NAMES) - {"schema_version", "sweep_hash"}
 
 # ---------------------------------------------------------------- extrapolation.csv
 
-EXTRAPOLATION_FILE = "extrapolation.csv"
 # Long format, one row per (cell, eval length): the cell's test documents read up to eval_len tokens.
 # eval_len == train_len is the cell's own test score. interval_*: Wilson 95 % interval of the accuracy.
 EXTRAPOLATION_COLUMNS = ("method", "ssm_mode", "variant", "seed", "train_len", "eval_len", "accuracy", "n", "interval_low",

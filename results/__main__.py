@@ -1,19 +1,19 @@
-"""``python -m ssmlora.results check|repair PATH``: list a results.csv's bad lines; repair also moves them away."""
+"""``python -m results check|repair PATH``: list a results.csv's bad lines; repair also moves them away."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from ssmlora.results.reading import ResultsFormatError, bad_path, split_results
-from ssmlora.results.writing import repair_results
+from results.reading import ResultsFormatError, bad_path, split_results
+from results.writing import repair_results
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ssmlora.results check|repair PATH``: list the bad lines; repair also moves them away."""
+    """``python -m results check|repair PATH``: list the bad lines; repair also moves them away."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 2 or argv[0] not in ("check", "repair"):
-        print("usage: python -m ssmlora.results check|repair PATH/results.csv", file=sys.stderr)
+        print("usage: python -m results check|repair PATH/results.csv", file=sys.stderr)
         return 2
     path = Path(argv[1])
     try:

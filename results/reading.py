@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ssmlora.results.columns import CELL_KEY, COLUMN_NAMES, COLUMNS, SCHEMA_1_NAMES, SCHEMA_VERSION
+from results.columns import CELL_KEY, COLUMN_NAMES, COLUMNS, SCHEMA_1_NAMES, SCHEMA_VERSION
 
 
 _INT = re.compile(r"-?[0-9]+")
@@ -51,7 +51,7 @@ def read_results(path: str | os.PathLike, sweep_hash: str | None = None) -> list
     if header_problem:
         raise ResultsFormatError(path, bad[0].line if bad else None, header_problem)
     if bad:
-        raise ResultsFormatError(path, bad[0].line, f"{bad[0].reason} (`python -m ssmlora.results repair "
+        raise ResultsFormatError(path, bad[0].line, f"{bad[0].reason} (`python -m results repair "
                                                     f"{path}` moves bad rows to {bad_path(path).name})")
     return [row for _, row in rows]
 

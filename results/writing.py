@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import json
 import math
 import os
-import secrets
-import stat
 import time
 from pathlib import Path
 
-from ssmlora.results.columns import COLUMN_NAMES, EXTRAPOLATION_COLUMNS, SCHEMA_VERSION
-from ssmlora.results.reading import (BadLine, ResultsFormatError, bad_path, cell_key, read_results, row_problem,
-                                     scan_file)
+from results.columns import COLUMN_NAMES, EXTRAPOLATION_COLUMNS, SCHEMA_VERSION
+from results.folder import csv_text, write_atomically
+from results.reading import (BadLine, ResultsFormatError, bad_path, cell_key, read_results, row_problem,
+                             scan_file)
 
 
 def write_results(path: str | os.PathLike, rows: list[dict], sweep_hash: str | None = None) -> list[dict[str, str]]:
@@ -32,8 +29,7 @@ def write_results(path: str | os.PathLike, rows: list[dict], sweep_hash: str | N
             raise ValueError(f"cannot write {path}: cell {cell_key(text)} appears twice")
         seen.add(cell_key(text))
         out.append(text)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_atomically(path, lambda fh: _write_csv(fh, COLUMN_NAMES, ([r[k] for k in COLUMN_NAMES] for r in out)))
+    write_atomically(path, csv_text(COLUMN_NAMES, ([r[k] for k in COLUMN_NAMES] for r in out)))
     return out
 
 
@@ -74,8 +70,9 @@ def repair_results(path: str | os.PathLike, sweep_hash: str | None = None, timeo
         moved_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         new = not moved_to.exists()
         with moved_to.open("a", newline="", encoding="utf-8") as fh:
-            _write_csv(fh, ["moved_at", "line", "reason", "raw"] if new else None,
-                       ([moved_at, b.line, b.reason, b.raw] for b in bad))
+            fh.write(csv_text(["moved_at", "line", "reason", "raw"] if new else None,
+                              ([moved_at, b.line, b.reason, b.raw] for b in bad)))
+            fh.flush()
             os.fsync(fh.fileno())
         write_results(path, [row for _, row in rows], sweep_hash)
         return bad
@@ -105,44 +102,6 @@ def _cell(value) -> str:
     return str(value)
 
 
-def _write_csv(fh, header: list[str] | None, rows) -> None:
-    writer = csv.writer(fh)
-    if header:
-        writer.writerow(header)
-    writer.writerows(rows)
-    fh.flush()
-
-
-def _replace_atomically(path: Path, fill) -> None:
-    """Write through ``fill(file)`` into a temp file beside ``path``, fsync, rename over it, fsync the folder.
-
-    The temp file is opened with mode 0o666 so the umask decides (mkstemp's 0600 hid results from
-    colleagues); a file being replaced keeps its own mode, in case someone widened it on purpose.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        if path.exists():
-            os.fchmod(fd, stat.S_IMODE(path.stat().st_mode))
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            fill(fh)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # some filesystems cannot sync a folder; the rename is atomic anyway
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _lock(path: Path, timeout: float):
     from filelock import FileLock  # not at import time: plots read results without ever locking
 
@@ -152,6 +111,5 @@ def _lock(path: Path, timeout: float):
 
 def write_extrapolation(path: str | os.PathLike, rows: list[dict]) -> None:
     """Replace `path` with `rows` (dicts with EXTRAPOLATION_COLUMNS), atomically."""
-    _replace_atomically(Path(path), lambda fh: _write_csv(fh, list(EXTRAPOLATION_COLUMNS),
-                                                          ([_cell(r.get(k)) for k in EXTRAPOLATION_COLUMNS]
-                                                           for r in rows)))
+    write_atomically(path, csv_text(list(EXTRAPOLATION_COLUMNS),
+                                    ([_cell(r.get(k)) for k in EXTRAPOLATION_COLUMNS] for r in rows)))

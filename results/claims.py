@@ -29,10 +29,10 @@ lease time (about 90 s on NFSv4). Lustre needs the ``flock`` mount option (``loc
 BeeGFS needs global file locks enabled (``tuneUseGlobalFileLocks``); GPFS/Spectrum Scale supports it
 cluster-wide. Where flock is missing altogether (ENOSYS), filelock warns and falls back to a marker-file lock,
 which a SIGKILLed holder does not release. So for a SLURM array on a shared filesystem either (a) check that
-claims exclude across nodes (run ``python -m ssmlora.claims hold FOLDER test 60`` on one node and ``... try
+claims exclude across nodes (run ``python -m results.claims hold FOLDER test 60`` on one node and ``... try
 FOLDER test`` on another: it must print "held by ..."), or (b) give each array task a disjoint share of the
 cells (e.g. cell index modulo ``SLURM_ARRAY_TASK_COUNT``), so claims only guard against accidents. Appending
-rows (``ssmlora.results.update_results``) locks ``results.csv.lock`` the same way and has the same needs.
+rows (``results.update_results``) locks ``results.csv.lock`` the same way and has the same needs.
 
 A claim belongs to the process (not the thread) that made it; a child started by fork inherits the lock with
 the descriptor (spawned and exec'd children do not), which keeps the cell claimed while that child lives.
@@ -51,6 +51,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from filelock import FileLock, Timeout
+
+from results.folder import write_atomically
 
 CLAIMS_DIR = "claims"
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}")
@@ -160,9 +162,7 @@ def claim_cell(folder: str | os.PathLike, tag: str) -> Claim | None:
         if path.exists() and stale_from is None:  # left half-written by a holder that died writing it
             stale_from = Holder(0, "?", "?")
         holder = Holder.this_process()
-        tmp = path.with_name(f".{path.name}.{holder.pid}.tmp")
-        tmp.write_text(json.dumps(asdict(holder)))
-        os.replace(tmp, path)  # readers never see half a file
+        write_atomically(path, json.dumps(asdict(holder)))  # readers never see half a file
     except BaseException:
         lock.release(force=True)
         raise
@@ -197,10 +197,10 @@ def _read_holder(path: Path) -> Holder | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ssmlora.claims hold FOLDER TAG SECONDS`` | ``try FOLDER TAG``: check claims across machines."""
+    """``python -m results.claims hold FOLDER TAG SECONDS`` | ``try FOLDER TAG``: check claims across machines."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) < 3 or argv[0] not in ("hold", "try") or (argv[0] == "hold") != (len(argv) == 4):
-        print("usage: python -m ssmlora.claims hold FOLDER TAG SECONDS | try FOLDER TAG", file=sys.stderr)
+        print("usage: python -m results.claims hold FOLDER TAG SECONDS | try FOLDER TAG", file=sys.stderr)
         return 2
     claim = claim_cell(argv[1], argv[2])
     if claim is None:
