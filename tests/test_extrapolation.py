@@ -251,6 +251,6 @@ def test_tuning_selects_each_variant_on_its_own(tmp_path, monkeypatch):
     assert {m: [t["lr"] for t in trials] for m, trials in record["trials"].items()} == {
         "lora": [1e-4, 1e-3], "ssmlora:depth": [1e-5, 3e-5], "ssmlora:scan": [1e-4, 1e-3]}
     assert record["chosen"] == {m: {"512": v} for m, v in best.items()}
-    cells = tune.apply_choice(cfg.cells(), record)
+    cells = tune.apply_choice(cfg, cfg.cells(), record)
     assert {c.label: c.lr for c in cells} == best and {c.selected_on for c in cells} == {"val@L512"}
     assert len({p.name for p in (tmp_path / "tune").iterdir()}) == 7  # six trial folders and tuning.json

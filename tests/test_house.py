@@ -18,7 +18,7 @@ from ssmlora.config import AdapterConfig
 from ssmlora.lora import AdapterLinear
 from ssmlora.methods import unregister_method
 from ssmlora.sweep.cli import build_parser, config_from_args
-from ssmlora.sweep.config import SweepConfig, flat_fields, section_type
+from ssmlora.sweep.config import SECTIONS, SweepConfig, flat_fields, section_type
 from tiny_models import tiny_model, tiny_sweep_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def test_every_flag_default_is_the_config_trees_default():
     for name, (section, f) in flat_fields().items():
         default = f.default_factory() if callable(f.default_factory) else f.default
         assert getattr(args, name) == default == getattr(getattr(SweepConfig(), section), name), name
-    declared = [f.name for s in ("model", "adapter", "optim", "data", "runtime") for f in fields(section_type(s))]
+    declared = [f.name for s in SECTIONS for f in fields(section_type(s))]
     assert len(declared) == len(set(declared))  # no setting declared twice
 
 

@@ -103,8 +103,8 @@ def test_budget_search_reads_each_budgets_validation_curves(env, tmp_path, monke
         assert list(curve["step"]) == [0, 2, 4]
         assert row.acc_last == pytest.approx(curve["val_acc"].iloc[-1])
         assert row.gain_last == pytest.approx(curve["val_acc"].iloc[-1] - curve["val_acc"].iloc[0])
-    flat = json.loads((tmp_path / "b" / "flat" / "config.json").read_text())["config"]["optim"]
-    assert flat["schedule"] == "constant" and flat["tune_only"] and flat["val_every"] == 2
+    flat = json.loads((tmp_path / "b" / "flat" / "config.json").read_text())["config"]
+    assert flat["optim"]["schedule"] == "constant" and flat["tune"]["tune_only"] and flat["optim"]["val_every"] == 2
     assert "| flat | " in (tmp_path / "b" / "budget_search.md").read_text()
 
 

@@ -70,7 +70,7 @@ def test_sweep_survives_sigkill_and_resumes(env):
     for key in ("schema_version", "name", "task", "model", "methods", "lengths", "seeds", "config", "resolved",
                 "identity", "environment"):
         assert key in config
-    assert set(config["config"]) == {"model", "adapter", "optim", "data", "runtime"}
+    assert set(config["config"]) == {"model", "adapter", "optim", "tune", "data", "runtime"}
     assert config["lengths"] == [64, 128] and set(config["config"]["adapter"]) >= {"r", "alpha", "dropout", "targets",
                                                                                  "scale", "ssm_mode"}
     assert config["resolved"]["device"] == "cpu" and config["resolved"]["lr"] == {"lora": 5e-3, "ssmlora": 5e-3}
@@ -116,6 +116,13 @@ def _bad(env, tmp_path, case) -> list[str]:
         del same["memory_protocol"]
         (tmp_path / "s" / "config.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, "identity": same}))
         return tiny_args(env, tmp_path)
+    if case == "layout":  # a folder written before the tuning settings had a section of their own
+        (tmp_path / "s").mkdir()
+        old = SweepConfig.from_flat(model=str(env["bert"]), max_steps=2, tokens_per_step=256, lr={"*": 5e-3},
+                                    **SIZES).identity()
+        old["optim"].update(old.pop("tune"))
+        (tmp_path / "s" / "config.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, "identity": old}))
+        return tiny_args(env, tmp_path)
     if case == "results":
         (tmp_path / "s").mkdir()
         (tmp_path / "s" / "results.csv").write_text("task,acc\nx,1\n")
@@ -130,6 +137,7 @@ def _bad(env, tmp_path, case) -> list[str]:
     ("out", "cannot write to the output folder"),
     ("config", "different configuration (differs in: --lr)"),
     ("memory", "memory figures were measured within the timed run"),
+    ("layout", "an earlier ssmlora whose tuning settings sat in the optim section"),
     ("results", "lacks columns"),
 ])
 def test_bad_input_is_one_clear_line_before_training(env, tmp_path, capsys, case, message):

@@ -22,6 +22,7 @@ from ssmlora.lab.module import OptimConfig
 from ssmlora.lora import AdapterLinear, LoRALinear
 from ssmlora.methods import get_method, unregister_method
 from ssmlora.sweep.cli import main
+from ssmlora.sweep.config import SweepConfig
 from ssmlora.sweep.tune import TuningError, apply_choice, nearest_tuned, select, select_overall
 from tiny_models import tiny_sweep_env
 
@@ -124,7 +125,8 @@ def test_the_overall_choice_is_the_best_mean_over_lengths_and_cells_take_the_nea
     record = {"lengths": [512, 2048], "chosen": {"lora": {"512": 1e-4, "2048": 1e-5}}}
     assert [nearest_tuned(record, n) for n in (512, 1024, 2048, 4096)] == [512, 512, 2048, 2048]
     cells = [replace(_cell(env), max_len=n) for n in (512, 4096)]  # a hand-built cell: its label is its method
-    assert [(c.lr, c.selected_on) for c in apply_choice(cells, record)] == [(1e-4, "val@L512"), (1e-5, "val@L2048")]
+    assert [(c.lr, c.selected_on) for c in apply_choice(SweepConfig(), cells, record)] == [(1e-4, "val@L512"),
+                                                                                        (1e-5, "val@L2048")]
 
 
 def test_tune_only_selects_per_length_and_never_trains_a_sweep_cell(env2, tmp_path, monkeypatch):

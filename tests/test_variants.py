@@ -7,8 +7,8 @@ import dataclasses
 
 import pytest
 
-from ssmlora.lab import variants
-from ssmlora.lab.variants import MethodVariant, VariantError
+from ssmlora.sweep import variants
+from ssmlora.sweep.variants import MethodVariant, VariantError
 from ssmlora.sweep.config import SweepConfig
 
 
@@ -48,7 +48,7 @@ def test_entries_are_parsed_once_whatever_reads_them(monkeypatch):
     assert len(cells) == 12 and len(trials) == 6
     assert [c.label for c in cells[:3]] == ["lora", "ssmlora:depth", "ssmlora:scan"]
     assert rows == [{"ssm_mode": ""}, {"ssm_mode": "depth"}, {"ssm_mode": "scan"}]
-    assert {t.variant.tune_grid for t in trials} == {(1e-4, 1e-3)}
+    assert {cfg.variant(t.label).tune_grid for t in trials} == {(1e-4, 1e-3)}
 
 
 def test_rate_resolution_order():
@@ -158,7 +158,7 @@ def test_a_tuned_rate_is_followed_by_its_lr_matched_control():
 
     cfg = SweepConfig.from_flat(methods=["lora", "ssmlora", "lora-at-ssmlora-lr"], lengths=[512], tune="lr")
     record = {"lengths": [512], "chosen": {"lora": {"512": 1e-3}, "ssmlora": {"512": 1e-4}}}
-    cells = {c.label: c for c in apply_choice(cfg.cells(), record)}
+    cells = {c.label: c for c in apply_choice(cfg, cfg.cells(), record)}
     assert (cells["lora-at-ssmlora-lr"].lr, cells["lora-at-ssmlora-lr"].selected_on) == (1e-4, "ssmlora@val@L512")
     assert (cells["lora"].lr, cells["lora"].selected_on) == (1e-3, "val@L512")
 

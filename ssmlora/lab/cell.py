@@ -36,7 +36,6 @@ from ssmlora.lab.probe import init_head_from_probe, probe_predictions
 from ssmlora.lab.profilers import ThroughputCallback
 from ssmlora.lab.progress import StepProgressBar
 from ssmlora.lab.runtime import RuntimeConfig, batch_plan, is_rank_zero, quiet_libraries
-from ssmlora.lab.variants import MethodVariant
 from ssmlora.serialization import load_adapters, save_adapters, ssm_state_snapshot
 from results import PROBE_PREDICTIONS_FILE, cell_tag
 
@@ -53,7 +52,7 @@ class CellConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    variant: MethodVariant | None = None  # the sweep's parsed --methods entry (None: a cell built by hand)
+    label: str = ""  # the sweep's name for this cell's method, e.g. "ssmlora:scan" (empty: the method's name)
     tuning: bool = False  # a selection cell: scored on validation, the test split sealed (any read raises)
     selected_on: str = "default"  # where `lr` came from: "default" (registry/--lr) or e.g. "val@L512"
 
@@ -61,10 +60,8 @@ class CellConfig:
     def method(self) -> str:
         return self.adapter.method
 
-    @property
-    def label(self) -> str:
-        """The sweep's name for this cell's method, e.g. "ssmlora:scan" (a hand-built cell: the method)."""
-        return self.variant.label if self.variant is not None else self.method
+    def __post_init__(self) -> None:
+        self.label = self.label or self.adapter.method
 
     def tag(self) -> str:
         return cell_tag(self.label, self.max_len, self.seed)

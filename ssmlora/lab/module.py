@@ -14,9 +14,6 @@ from ssmlora.inject import reset_ssm_state, trainable_groups
 
 SCHEDULES = ("cosine", "linear", "constant")
 HEAD_INITS = ("probe", "random")
-TUNE_KNOBS = ("", "lr")
-# Half-decade steps around each method's usual range (LoRA's rates are ~10x SSMLoRA's in the paper's setting).
-DEFAULT_TUNE_GRID = {"*": [5e-5, 5e-4]}  # every method, a decade apart: the grid the registry defaults came from
 
 
 @dataclass
@@ -48,22 +45,6 @@ class OptimConfig:
         "choices": HEAD_INITS})
     probe_examples: int = field(default=128, metadata={
         "help": "training documents the probe is fitted on (one frozen forward each)", "ge": 10, "integer": True})
-
-    tune: str = field(default="", metadata={
-        "help": "select a knob on the validation split before the sweep: lr (each method's adapter learning "
-                "rate over --tune-grid, at each --tune-len, first seed); empty: no tuning", "choices": TUNE_KNOBS})
-    tune_grid: dict[str, list[float]] = field(default_factory=lambda: dict(DEFAULT_TUNE_GRID), metadata={
-        "help": "values tried per method, increasing: METHOD=V1,V2,... (one argument per method) or V1,V2,... "
-                "for every method; METHOD:VARIANT=... overrides METHOD's list for that variant", "gt": 0})
-    tune_len: list[int] = field(default_factory=list, metadata={
-        "help": "context lengths of the tuning trials, comma-separated, one choice per length; a cell uses the "
-                "nearest tuned length's choice (empty: the sweep's shortest)", "ge": 0, "integer": True})
-    tune_only: bool = field(default=False, metadata={
-        "help": "stop after --tune's selection: write tune/tuning.json and train no sweep cell (the test split is "
-                "never opened)"})
-
-    # --lr and --tune-grid are resolved per --methods entry, once, by ssmlora.lab.variants.
-    NOT_IDENTITY = ("tune_only",)  # whether the sweep goes on after selecting, not what either computes
 
 
 def warmup_decay(step: int, warmup: int, total: int, schedule: str) -> float:

@@ -20,7 +20,7 @@ from plots.style import save_figure
 from ssmlora.config import ConfigValueError
 from ssmlora.lab.memory import parse_size
 from ssmlora.lab.runtime import is_rank_zero
-from ssmlora.lab.variants import VariantError
+from ssmlora.sweep.variants import VariantError
 from ssmlora.sweep.config import GRID, SweepConfig, flat_fields, section_type
 from ssmlora.sweep.runner import any_failed, results_table, run_sweep
 from ssmlora.sweep.tune import TuningError
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     if not is_rank_zero():  # torchrun / srun: the other ranks trained and scored; rank 0 reports
         return 1 if any_failed(rows) else 0
     paths = SweepFolder(folder)
-    if cfg.optim.tune_only:
+    if cfg.tune.tune_only:
         print("\n".join(tuning_lines(json.loads(paths.config.read_text()))))
         print(f"tuning: {paths.tune / 'tuning.json'} (--tune-only: no sweep cell trained, test split unread)")
         curves = load_curves(folder)

@@ -1,11 +1,12 @@
 """`SweepConfig`: the one configuration tree of a sweep.
 
-It holds the grid (methods, lengths, seeds) and the sections each cell reads: `model` (ModelConfig), `adapter`
+It holds the grid (methods, lengths, seeds), the sections each cell reads: `model` (ModelConfig), `adapter`
 (the adapter library's AdapterConfig, whose `method` the grid supplies), `optim` (OptimConfig), `data`
-(DataConfig) and `runtime` (RuntimeConfig). Every setting has its default, help and allowed values in exactly one
+(DataConfig) and `runtime` (RuntimeConfig), and the one the sweep alone reads: `tune` (TuneConfig, the selection
+on validation before the cells). Every setting has its default, help and allowed values in exactly one
 field of one section; the command line is generated from the tree (one flag per field, named after it).
 
-`methods` holds the entries as given; construction parses them once into `variants` (ssmlora.lab.variants),
+`methods` holds the entries as given; construction parses them once into `variants` (ssmlora.sweep.variants),
 which is what everything downstream reads.
 """
 
@@ -25,14 +26,39 @@ from ssmlora.lab.data import DataConfig
 from ssmlora.lab.module import OptimConfig
 from ssmlora.lab.runtime import RuntimeConfig, batch_plan
 from ssmlora.methods import get_method
-from ssmlora.lab.variants import MethodVariant, VariantError, control_names, parse_methods
+from ssmlora.sweep.variants import MethodVariant, VariantError, control_names, parse_methods
 from ssmlora.params import adapter_parameters
 
-SECTIONS = ("model", "adapter", "optim", "data", "runtime")
+SECTIONS = ("model", "adapter", "optim", "tune", "data", "runtime")
+TUNE_KNOBS = ("", "lr")
+# Two rates a decade apart per method, one at each method's usual rate (LoRA's are ~10x SSMLoRA's in the paper's
+# setting): the grid the registry defaults were selected from.
+DEFAULT_TUNE_GRID = {"*": [5e-5, 5e-4]}
 GRID = ("methods", "lengths", "seeds")
 NOT_FLAT = {("adapter", "method")}  # the grid's `methods` supplies it per cell
-# The two methods and the controls that tell their difference from their rates and sizes (ssmlora.lab.variants)
+# The two methods and the controls that tell their difference from their rates and sizes (ssmlora.sweep.variants)
 DEFAULT_METHODS = ("lora", "ssmlora", "lora-at-ssmlora-lr", "ssmlora-at-lora-lr", "lora-at-ssmlora-params")
+
+
+@dataclass
+class TuneConfig:
+    """Selection on the validation split before the sweep's cells run (ssmlora.sweep.tune); cells never read it."""
+
+    tune: str = field(default="", metadata={
+        "help": "select a knob on the validation split before the sweep: lr (each method's adapter learning "
+                "rate over --tune-grid, at each --tune-len, first seed); empty: no tuning", "choices": TUNE_KNOBS})
+    tune_grid: dict[str, list[float]] = field(default_factory=lambda: dict(DEFAULT_TUNE_GRID), metadata={
+        "help": "values tried per method, increasing: METHOD=V1,V2,... (one argument per method) or V1,V2,... "
+                "for every method; METHOD:VARIANT=... overrides METHOD's list for that variant", "gt": 0})
+    tune_len: list[int] = field(default_factory=list, metadata={
+        "help": "context lengths of the tuning trials, comma-separated, one choice per length; a cell uses the "
+                "nearest tuned length's choice (empty: the sweep's shortest)", "ge": 0, "integer": True})
+    tune_only: bool = field(default=False, metadata={
+        "help": "stop after --tune's selection: write tune/tuning.json and train no sweep cell (the test split is "
+                "never opened)"})
+
+    # --tune-grid is resolved per --methods entry, once, by ssmlora.sweep.variants.
+    NOT_IDENTITY = ("tune_only",)  # whether the sweep goes on after selecting, not what either computes
 
 
 @dataclass
@@ -52,6 +78,7 @@ class SweepConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     data: DataConfig = field(default_factory=DataConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
@@ -59,7 +86,7 @@ class SweepConfig:
         # Not a dataclass field: derived from `methods` and the sections, so asdict() and config.json hold the
         # entries once, as given. Raises VariantError for an entry (or --lr / --tune-grid key) that names nothing.
         self.variants: tuple[MethodVariant, ...] = parse_methods(self.methods, self.adapter, self.optim.lr,
-                                                                 self.optim.tune_grid, self.count_adapter_parameters)
+                                                                 self.tune.tune_grid, self.count_adapter_parameters)
 
     def variant(self, entry: MethodVariant | str) -> MethodVariant:
         """The grid's variant of a --methods entry; an entry outside the grid is parsed against this sweep's
@@ -67,7 +94,7 @@ class SweepConfig:
         if isinstance(entry, MethodVariant):
             return entry
         found = [v for v in self.variants if v.label == entry]
-        return found[0] if found else parse_methods([entry], self.adapter, self.optim.lr, self.optim.tune_grid,
+        return found[0] if found else parse_methods([entry], self.adapter, self.optim.lr, self.tune.tune_grid,
                                                     self.count_adapter_parameters)[0]
 
     def count_adapter_parameters(self, adapter: AdapterConfig) -> int:
@@ -126,7 +153,8 @@ class SweepConfig:
         """The configuration of one cell of the grid (`entry`: a variant, or its label, e.g. ssmlora:scan)."""
         variant = self.variant(entry)
         return CellConfig(adapter=variant.adapter(self.adapter), max_len=length, seed=seed, lr=variant.lr,
-                          model=self.model, optim=self.optim, data=self.data, runtime=self.runtime, variant=variant)
+                          model=self.model, optim=self.optim, data=self.data, runtime=self.runtime,
+                          label=variant.label)
 
     def cells(self) -> list[CellConfig]:
         """Short lengths first, so a sweep cut short still has complete curves at the cheap end."""
@@ -135,8 +163,9 @@ class SweepConfig:
     def effective_batch(self, length: int) -> int:
         return batch_plan(self.optim.tokens_per_step, self.runtime, length)[0]
 
-    def row_identity(self, variant: MethodVariant) -> dict:
-        """The variant's identity settings as result columns (e.g. ssmlora's ssm_mode); empty for the others."""
+    def row_identity(self, entry: MethodVariant | str) -> dict:
+        """The entry's identity settings as result columns (e.g. ssmlora's ssm_mode); empty for the others."""
+        variant = self.variant(entry)
         keys = get_method(variant.method).identity
         return {"ssm_mode": variant.adapter(self.adapter).ssm_mode if "ssm_mode" in keys else ""}
 
@@ -145,8 +174,8 @@ def section_type(section: str) -> type:
     return _SECTION_TYPES[section]
 
 
-_SECTION_TYPES = {"model": ModelConfig, "adapter": AdapterConfig, "optim": OptimConfig, "data": DataConfig,
-                  "runtime": RuntimeConfig}
+_SECTION_TYPES = {"model": ModelConfig, "adapter": AdapterConfig, "optim": OptimConfig, "tune": TuneConfig,
+                  "data": DataConfig, "runtime": RuntimeConfig}
 
 
 def flat_fields() -> dict[str, tuple[str, object]]:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ssmlora.lab.cell import CellConfig, run_cell_safely
 from ssmlora.lab.runtime import batch_plan, environment, is_rank_zero
-from ssmlora.lab.variants import MethodVariant
+from ssmlora.sweep.variants import MethodVariant
 from ssmlora.sweep.config import GRID, SweepConfig
 from ssmlora.sweep.launch import prepare_in_process, run_cell_in_process
 from ssmlora.sweep.tune import apply_choice, run_tuning
@@ -84,7 +84,7 @@ def row_key(cfg: SweepConfig, cell: CellConfig) -> tuple[str, ...]:
 
 def base_row(cfg: SweepConfig, cell: CellConfig) -> dict:
     return {
-        "task": cfg.data.task, "model": cfg.model.model, "method": cell.method, **cfg.row_identity(cell.variant),
+        "task": cfg.data.task, "model": cfg.model.model, "method": cell.method, **cfg.row_identity(cell.label),
         "variant": cell.label, "max_len": cell.max_len, "seed": cell.seed, "precision": cfg.runtime.precision,
         "accelerator": cfg.runtime.device_type(), "devices": f"{cfg.runtime.devices}x{cfg.runtime.num_nodes}",
         "effective_batch": cell.batch_plan()[0], "lr": cell.lr, "selected_on": cell.selected_on,
@@ -158,12 +158,12 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name:
     # Ranks started by torchrun / srun must all take the same cells, so only a sweep of one process claims.
     claims = not (in_process and cfg.runtime.world_size > 1)
     tuning = None
-    if cfg.optim.tune:  # selection first, on validation only; the sweep's cells then run with the chosen values
+    if cfg.tune.tune:  # selection first, on validation only; the sweep's cells then run with the chosen values
         tuning = run_tuning(cfg, folder, in_process, log)
         _write_config(cfg, folder, old_cfg, tuning, prep)
-        if cfg.optim.tune_only:  # selection alone: the test split is never opened
+        if cfg.tune.tune_only:  # selection alone: the test split is never opened
             return folder, []
-    cells = apply_choice(cfg.cells(), tuning)
+    cells = apply_choice(cfg, cfg.cells(), tuning)
     progress = Progress(len(cells), log)
     prepared: set[int] = set()  # lengths whose shared caches this run has filled
     for i, cell in enumerate(cells, 1):
@@ -212,7 +212,7 @@ def _keep_extrapolation(cfg: SweepConfig, cell: CellConfig, cell_dir: Path, resu
     if result.get("status") != "ok" or not result.get("extrapolation"):
         path.unlink(missing_ok=True)
         return
-    ident = {"method": cell.method, **cfg.row_identity(cell.variant), "variant": cell.label,
+    ident = {"method": cell.method, **cfg.row_identity(cell.label), "variant": cell.label,
              "seed": cell.seed}
     write_atomically(path, json.dumps([{**ident, **r} for r in result["extrapolation"]]))
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ssmlora.lab.cell import CellConfig, run_cell_safely
 from ssmlora.lab.runtime import is_rank_zero
-from ssmlora.lab.variants import MethodVariant
+from ssmlora.sweep.variants import MethodVariant
 from ssmlora.sweep.config import SweepConfig
 from ssmlora.sweep.launch import run_cell_in_process
 from results import RESULT_FILE, SweepFolder, write_atomically
@@ -40,13 +40,13 @@ def tuned_methods(cfg: SweepConfig) -> list[MethodVariant]:
     """The --methods entries whose learning rate `--tune lr` selects: those with adapter matrices, less the
     lr-matched controls (they take their `rate_of` entry's choice). Each entry (`ssmlora:scan`, `ssmlora:depth`)
     is selected on its own."""
-    if cfg.optim.tune != "lr":
+    if cfg.tune.tune != "lr":
         return []
     return [v for v in cfg.variants if v.trains_adapters and not v.rate_of]
 
 
 def tune_lengths(cfg: SweepConfig) -> list[int]:
-    return sorted(set(cfg.optim.tune_len)) or [min(cfg.lengths)]
+    return sorted(set(cfg.tune.tune_len)) or [min(cfg.lengths)]
 
 
 def trial_cells(cfg: SweepConfig) -> list[CellConfig]:
@@ -128,14 +128,14 @@ def nearest_tuned(record: dict, length: int) -> int:
     return min(record["lengths"], key=lambda n: (abs(math.log2(n / length)), n))
 
 
-def apply_choice(cells: list[CellConfig], record: dict | None) -> list[CellConfig]:
+def apply_choice(cfg: SweepConfig, cells: list[CellConfig], record: dict | None) -> list[CellConfig]:
     """The sweep's cells with the selected rates and where they were selected (`val@L<tuned length>`); an
     lr-matched control takes the choice of the entry it follows (`<entry>@val@L<tuned length>`)."""
     if not record:
         return cells
     out = []
     for c in cells:
-        follows = c.variant.rate_of if c.variant is not None else ""
+        follows = cfg.variant(c.label).rate_of
         key = follows if follows in record["chosen"] else c.label
         if key in record["chosen"]:
             n = nearest_tuned(record, c.max_len)

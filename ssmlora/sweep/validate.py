@@ -19,11 +19,10 @@ from ssmlora.arch import scan_direction
 from ssmlora.config import ConfigValueError, check_value
 from ssmlora.lab.backbone import BackboneError, check_backbone
 from ssmlora.lab.data import is_cached
-from ssmlora.lab.module import TUNE_KNOBS
 from ssmlora.lab.runtime import external_launcher
 from ssmlora.methods import get_method
 from results import SCHEMA_VERSION, ResultsFormatError, SweepFolder, read_results, repair_results
-from ssmlora.sweep.config import GRID, SECTIONS, SweepConfig, flat_fields
+from ssmlora.sweep.config import GRID, SECTIONS, TUNE_KNOBS, SweepConfig, flat_fields
 
 LONGEST_FILE = "adapter/adapter_model.safetensors"  # the deepest path a cell writes below its folder
 
@@ -46,11 +45,11 @@ def _show(value) -> str:
 
 def check_tuning(cfg: SweepConfig) -> None:
     """--tune, --tune-grid and --tune-len: a known knob, an increasing grid per tuned method, a validation split."""
-    optim = cfg.optim
-    if optim.tune not in TUNE_KNOBS:
-        raise SweepError(f"--tune {optim.tune}: unknown knob; the tunable knob is lr")
-    if not optim.tune:
-        if optim.tune_only:
+    optim, tune = cfg.optim, cfg.tune
+    if tune.tune not in TUNE_KNOBS:
+        raise SweepError(f"--tune {tune.tune}: unknown knob; the tunable knob is lr")
+    if not tune.tune:
+        if tune.tune_only:
             raise SweepError("--tune-only without --tune: nothing to select; add --tune lr")
         return
     if optim.lr:
@@ -67,21 +66,21 @@ def check_tuning(cfg: SweepConfig) -> None:
         if any(b <= a for a, b in zip(grid, grid[1:])):
             raise SweepError(f"--tune-grid {method}={_show([f'{v:g}' for v in grid])}: values must strictly "
                              f"increase (sorted, no repeats)")
-    for length in optim.tune_len:
+    for length in tune.tune_len:
         if length < MIN_LEN:
-            raise SweepError(f"--tune-len {_show(optim.tune_len)}: {length} is below the task library's minimum of "
+            raise SweepError(f"--tune-len {_show(tune.tune_len)}: {length} is below the task library's minimum of "
                              f"{MIN_LEN} tokens")
         if length > max(cfg.lengths):
-            raise SweepError(f"--tune-len {_show(optim.tune_len)}: {length} is longer than the sweep's longest "
+            raise SweepError(f"--tune-len {_show(tune.tune_len)}: {length} is longer than the sweep's longest "
                              f"length {max(cfg.lengths)}; tune at lengths the sweep trains")
-    if len(set(optim.tune_len)) != len(optim.tune_len):
-        raise SweepError(f"--tune-len {_show(optim.tune_len)}: a length is given twice")
+    if len(set(tune.tune_len)) != len(tune.tune_len):
+        raise SweepError(f"--tune-len {_show(tune.tune_len)}: a length is given twice")
     try:
         task = get_task(cfg.data.task)
     except ValueError:
         return  # validate() reports the unknown task with the list of known ones
     if not (cfg.data.n_validation or task.default_sizes[1]):
-        raise SweepError(f"--tune {optim.tune}: task {cfg.data.task} has no validation split, and selection may "
+        raise SweepError(f"--tune {tune.tune}: task {cfg.data.task} has no validation split, and selection may "
                          f"not read the test split; tune on a task with one")
 
 
@@ -198,8 +197,12 @@ def check_existing(cfg: SweepConfig, folder: Path, repair: bool = False, warn=No
                              f"an earlier ssmlora (memory protocol {protocol}); this one measures them in a pass of "
                              f"their own (protocol {mine['memory_protocol']}), so their rows cannot share a table. "
                              "Leave out --name to run in this version's own folder, or use another --name or --out")
-        if old.get("identity") != mine:
-            theirs = old.get("identity") or {}
+        theirs = old.get("identity") or {}
+        if theirs and "tune" not in theirs:
+            raise SweepError(f"{folder} holds a sweep of an earlier ssmlora whose tuning settings sat in the optim "
+                             "section (its identity hash differs from this version's); leave out --name to run in "
+                             "this version's own folder, or use another --name or --out")
+        if theirs != mine:
             changed = [flag(k) for s in SECTIONS for k in mine[s] if (theirs.get(s) or {}).get(k) != mine[s][k]]
             changed = ["the device (--accelerator)" if c == "--device" else c for c in changed]
             raise SweepError(f"{folder} holds a sweep with a different configuration (differs in: "
