@@ -26,7 +26,8 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from ssmlora.lab.cell import CellConfig, build_cell, make_trainer
+from ssmlora.lab.cell import CellConfig, build_cell
+from ssmlora.lab.trainer import make_trainer
 from ssmlora.lab.data import TaskDataModule
 from ssmlora.lab.module import AdapterClassifier
 from ssmlora.lab.profilers import ThroughputCallback

@@ -138,7 +138,7 @@ def test_more_cpu_processes_than_cores_only_warns(monkeypatch):
 def test_ddp_keeps_carry_state_per_rank():
     from lightning.pytorch.strategies import DDPStrategy
 
-    from ssmlora.lab.cell import make_strategy
+    from ssmlora.lab.trainer import make_strategy
 
     strategy = make_strategy(SweepConfig.from_flat(devices=2, strategy="ddp").runtime)
     assert isinstance(strategy, DDPStrategy) and strategy._ddp_kwargs["broadcast_buffers"] is False
@@ -151,7 +151,7 @@ def test_ddp_keeps_carry_state_per_rank():
 def test_fsdp_strategy_keeps_original_parameters_for_frozen_plus_adapter_layers():
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from ssmlora.lab.cell import make_strategy
+    from ssmlora.lab.trainer import make_strategy
 
     strategy = make_strategy(SweepConfig.from_flat(devices=2, strategy="fsdp", accelerator="gpu").runtime)
     assert isinstance(strategy, FSDPStrategy) and strategy.kwargs["use_orig_params"] is True

@@ -7,7 +7,6 @@ rate already resolved. `run_cell` returns the cell's fields of the results row (
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import time
 import traceback
@@ -36,6 +35,7 @@ from ssmlora.lab.probe import init_head_from_probe, probe_predictions
 from ssmlora.lab.profilers import ThroughputCallback
 from ssmlora.lab.progress import StepProgressBar
 from ssmlora.lab.runtime import RuntimeConfig, batch_plan, is_rank_zero, quiet_libraries
+from ssmlora.lab.trainer import make_trainer, reduce_cell_figures, total_steps
 from ssmlora.serialization import load_adapters, save_adapters, ssm_state_snapshot
 from results import PROBE_PREDICTIONS_FILE, cell_tag
 
@@ -72,53 +72,154 @@ class CellConfig:
 
 
 def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.PathLike | None = None) -> dict:
-    """Train and score one cell with Lightning; return its results-row fields.
+    """Train and score one cell with Lightning; return its results-row fields. The cell's phases, in order:
+    memory figures (a forked pass of their own where they can be), build, probe, train, then validation only (a
+    selection cell) or test, outputs and longer reads.
 
     `probe_dir`: where the probe's frozen features are cached per (length, seed), so every method of a sweep
     starts from the same head (default: beside `cell_dir`).
     """
     start = time.perf_counter()
-    cell_dir = Path(cell_dir)
+    cell_dir, device = Path(cell_dir), cell_device(cfg)
     probe_root = Path(probe_dir or cell_dir.parent)
+    start_process(cfg)
+    meter = measure_cell_memory(cfg, probe_root, device)
+    memory_s = time.perf_counter() - start if meter.apart else None
+    built = build_phase(cfg, meter)
+    probe, probe_rows = probe_phase(cfg, built, probe_root, meter, device, score_test=not cfg.tuning)
+    counted = count_memory(cfg, built.model, cfg.batch_plan()[1], device) if meter.in_run else meter.counted
+    fit = train_phase(cfg, built, cell_dir, meter, device)
+    if cfg.tuning:
+        return {"status": "ok", "lr": cfg.lr, **validation_scores(fit), "train_steps": fit.trainer.global_step,
+                "wall_s": time.perf_counter() - start}
+    test_start = time.perf_counter()
+    scores, state = test_phase(fit, built.model, meter, device)
+    test_s = time.perf_counter() - test_start
+    flops_dtype = torch.float32 if cfg.runtime.precision == "32" else torch.bfloat16
+    mem, rates, ranks = reduce_cell_figures(fit.trainer, built.model, process_memory(device), fit.speed, flops_dtype)
+    save_outputs(built, fit, state, probe_rows, cell_dir)
+    longer = score_longer(cfg, fit.trainer, fit.module, built.data["test"], scores,
+                          resolve_model_path(cfg.model.model), built.pad_id, cfg.batch_plan()[1],
+                          cell_dir) if cfg.data.eval_lengths else []
+    _, micro, accumulate = cfg.batch_plan()
+    return {
+        "status": "ok",
+        "accuracy": scores.get("test_acc"),
+        "macro_f1": scores.get("test_f1"),
+        "n_test": int(scores.get("test_n", 0)),
+        "majority_rate": majority_rate(built.data["test"]),
+        **{k: built.counts[k] for k in ("adapter_params", "head_params", "trainable_params")},
+        **mem,
+        **phase_columns(meter.phases, counted, device),
+        **{k: v for k, v in rates.items() if k != "timed_steps"},
+        "train_steps": fit.trainer.global_step,
+        "wall_s": time.perf_counter() - start,
+        **probe,
+        "attn_impl": built.info.attn_impl,
+        "test_s": test_s,
+        "fit_s": test_start - start,
+        "memory_pass_s": memory_s,  # the memory figures' own pass, part of fit_s and wall_s (None: measured in the run)
+        "micro_batch": micro,
+        "accumulate": accumulate,
+        "world_size": fit.trainer.world_size,
+        "strategy": type(fit.trainer.strategy).__name__,
+        "ranks": ranks,  # per rank: peak memory, tokens/s, adapter hash (result.json only, not results.csv)
+        "extrapolation": longer,  # rows of extrapolation.csv (less method, seed), result.json only
+        "phases": meter.phases,  # every phase's raw figures (result.json only)
+    }
+
+
+@dataclass
+class Meter:
+    """Where a cell's memory figures come from: a forked pass of their own (`apart`: the timed run keeps glibc's
+    own allocator settings, ssmlora.lab.cell_memory), this run's phases (`in_run`: GPU, several ranks), or nowhere
+    (a selection cell). Calling it wraps one phase in its meter when this run measures."""
+
+    in_run: bool
+    apart: bool = False
+    phases: dict = field(default_factory=dict)
+    counted: dict = field(default_factory=dict)
+
+    def __call__(self, phase: str, device):
+        return PhaseMeter(phase, device, self.phases) if self.in_run else contextlib.nullcontext()
+
+
+@dataclass
+class Built:
+    """What a cell trains and scores (`build_cell`), with its parameter counts."""
+
+    data: dict
+    labels: list[str]
+    pad_id: int
+    model: torch.nn.Module
+    info: object  # the backbone's BackboneInfo
+    counts: dict
+
+
+@dataclass
+class Fit:
+    """A trained cell: its module, trainer, data module, throughput meter and the checkpoint to score."""
+
+    module: AdapterClassifier
+    trainer: L.Trainer
+    datamodule: TaskDataModule
+    speed: ThroughputCallback
+    best: str
+
+
+def start_process(cfg: CellConfig) -> None:
+    """The process's library noise, threads and seed, before anything of the cell is built."""
     quiet_libraries(cfg.runtime.verbose)
     torch.set_num_threads(cfg.runtime.torch_threads())
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    _, micro, accumulate = cfg.batch_plan()
-    device = cell_device(cfg)
-    # Where the memory figures come from: a forked pass of their own, so that the timed run below keeps glibc's
-    # own allocator settings (ssmlora.lab.cell_memory); or this run (GPU, several ranks); a selection cell has none.
-    memory, memory_s = None, None
-    if not cfg.tuning and memory_pass_apart(cfg):
+
+
+def measure_cell_memory(cfg: CellConfig, probe_root: Path, device: torch.device) -> Meter:
+    """The memory figures: from a forked pass of their own where the cell allows it, else measured in this run
+    (under the measurement allocator, set here), or none for a selection cell."""
+    if cfg.tuning:
+        return Meter(in_run=False)
+    if memory_pass_apart(cfg):
         memory = run_forked(measure_memory, cfg, probe_root)
-        memory_s = time.perf_counter() - start
-    in_run = not cfg.tuning and memory is None
-    if in_run:
-        configure_allocator_for_measurement()  # freed tensors leave RSS at once: each phase is measured on its own
-    phases: dict = memory["phases"] if memory else {}
-    meter = (lambda phase, on: PhaseMeter(phase, on, phases)) if in_run else (lambda *_: contextlib.nullcontext())
-    with meter("build", "cpu"):  # data and backbone are built on the host
-        data, labels, pad_id, model, info = build_cell(cfg, phases if in_run else {})
-    if cfg.tuning:  # selection reads validation only: a test read anywhere below raises SealedSplitError
+        return Meter(in_run=False, apart=True, phases=memory["phases"], counted=memory["counted"])
+    configure_allocator_for_measurement()  # freed tensors leave RSS at once: each phase is measured on its own
+    return Meter(in_run=True)
+
+
+def build_phase(cfg: CellConfig, meter: Meter) -> Built:
+    """Data and adapted backbone, built on the host; a selection cell seals its test split here, so a test read
+    anywhere after raises SealedSplitError."""
+    with meter("build", "cpu"):
+        data, labels, pad_id, model, info = build_cell(cfg, meter.phases if meter.in_run else {})
+    if cfg.tuning:
         data["test"] = SealedSplit("learning-rate tuning")
     if cfg.runtime.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    counts = count_parameters(model)
-    probe, probe_rows = {}, []
+    return Built(data, labels, pad_id, model, info, count_parameters(model))
+
+
+def probe_phase(cfg: CellConfig, built: Built, probe_root: Path, meter: Meter, device,
+                score_test: bool) -> tuple[dict, list[dict]]:
+    """LP-FT's first stage, and (`score_test`) the probe alone on the test documents: the reference fine-tuning
+    must beat. Returns (probe's row fields, its per-document predictions)."""
+    probe, rows = {}, []
     with meter("probe", device):
         if cfg.optim.head_init == "probe":
-            probe = fit_head_by_probe(cfg, model, data["train"], pad_id, probe_root)
-            if not cfg.tuning:  # the probe alone on the test documents: the reference fine-tuning must beat
-                probe_rows = probe_predictions(model, data["test"], 2 * cfg.batch_plan()[1], cfg.runtime.precision,
-                                               pad_id, cache=probe_root / f"L{cfg.max_len}-test.safetensors",
-                                               write_cache=is_rank_zero())
-                probe["probe_accuracy"] = sum(r["label"] == r["prediction"] for r in probe_rows) / len(probe_rows)
-    counted = {}  # a selection cell reports no memory
-    if memory:
-        counted = memory["counted"]
-    elif in_run:
-        counted = count_memory(cfg, model, micro, device)
-    steps = total_steps(cfg, data)
-    module = AdapterClassifier(model, len(labels), cfg.optim, lr=cfg.lr, max_steps=steps)
+            probe = fit_head_by_probe(cfg, built.model, built.data["train"], built.pad_id, probe_root, device)
+            if score_test:
+                rows = probe_predictions(built.model, built.data["test"], 2 * cfg.batch_plan()[1],
+                                         cfg.runtime.precision, built.pad_id,
+                                         cache=probe_root / f"L{cfg.max_len}-test.safetensors",
+                                         write_cache=is_rank_zero())
+                probe["probe_accuracy"] = sum(r["label"] == r["prediction"] for r in rows) / len(rows)
+    return probe, rows
+
+
+def train_phase(cfg: CellConfig, built: Built, cell_dir: Path, meter: Meter, device) -> Fit:
+    """Fine-tune with Lightning, logging to the cell's CSV log; with --val-every, validate from step 0 (the head
+    as the probe left it) and keep the best checkpoint."""
+    steps, micro = total_steps(cfg, built.data), cfg.batch_plan()[1]
+    module = AdapterClassifier(built.model, len(built.labels), cfg.optim, lr=cfg.lr, max_steps=steps)
     speed = ThroughputCallback(warmup_steps=1 if steps > 2 else 0)
     callbacks = [speed, StepProgressBar()]
     validate = cfg.optim.val_every > 0
@@ -127,8 +228,8 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
                                          save_top_k=1, save_weights_only=True))
     trainer = make_trainer(cfg, steps, callbacks, logger=CSVLogger(str(cell_dir), name="", version=""),
                            validate=validate, default_root_dir=str(cell_dir))
-    dm = TaskDataModule(data, micro, cfg.seed, pad_id)
-    if validate:  # the learning curve's step 0: the head as the probe left it, on the same validation documents
+    dm = TaskDataModule(built.data, micro, cfg.seed, built.pad_id)
+    if validate:  # the learning curve's step 0, on the same validation documents
         trainer.validate(module, datamodule=dm, verbose=False)  # a checkpoint is only ever saved during fit
         for metric in module.metrics.values():  # states made in inference mode would refuse fit's in-place updates
             metric.reset()
@@ -139,110 +240,66 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     with meter("train", device):  # validation during fit included
         trainer.fit(module, datamodule=dm)
     best = trainer.checkpoint_callback.best_model_path if validate and trainer.checkpoint_callback else ""
-    if cfg.tuning:
-        trainer.limit_val_batches = 1.0  # off during fit when val_every is 0; the trial is scored on all of it
-        scores = trainer.validate(module, datamodule=dm, ckpt_path=best or None, verbose=False)[0]
-        return {"status": "ok", "lr": cfg.lr, "val_acc": scores.get("val_acc"), "val_loss": scores.get("val_loss"),
-                "n_validation": int(scores.get("val_n", 0)), "train_steps": trainer.global_step,
-                "wall_s": time.perf_counter() - start}
-    test_start = time.perf_counter()
-    # The checkpoint holds weights only; a carried SSMLoRA state is whatever training left, and the test batches
-    # move it on. Keep the state the test starts from, so the saved adapter re-scores to the reported numbers.
+    return Fit(module, trainer, dm, speed, best)
+
+
+def validation_scores(fit: Fit) -> dict:
+    """A selection cell's score: the best (or last) weights on the whole validation split."""
+    fit.trainer.limit_val_batches = 1.0  # off during fit when val_every is 0; the trial is scored on all of it
+    scores = fit.trainer.validate(fit.module, datamodule=fit.datamodule, ckpt_path=fit.best or None,
+                                  verbose=False)[0]
+    return {"val_acc": scores.get("val_acc"), "val_loss": scores.get("val_loss"),
+            "n_validation": int(scores.get("val_n", 0))}
+
+
+def test_phase(fit: Fit, model: torch.nn.Module, meter: Meter, device) -> tuple[dict, dict]:
+    """The test split, read once, with the tested weights; returns (scores, the SSMLoRA state the test started
+    from). The checkpoint holds weights only; a carried SSMLoRA state is whatever training left, and the test
+    batches move it on: kept, so the saved adapter re-scores to the reported numbers."""
     state = ssm_state_snapshot(model)
     with meter("eval", device):
-        scores = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)[0]
-    test_s = time.perf_counter() - test_start
-    flops_dtype = torch.float32 if cfg.runtime.precision == "32" else torch.bfloat16
-    mem, rates, ranks = reduce_cell_figures(trainer, model, process_memory(device), speed, flops_dtype)
-    predictions = gather_predictions(trainer, module.predictions)
-    if trainer.is_global_zero:
-        save_adapters(model, cell_dir / "adapter", ssm_state=state)  # the tested weights: identical on every rank
-        write_predictions(cell_dir / predictions_file(), predictions, doc_ids(data["test"]))
+        scores = fit.trainer.test(fit.module, datamodule=fit.datamodule, ckpt_path=fit.best or None, verbose=False)[0]
+    return scores, state
+
+
+def save_outputs(built: Built, fit: Fit, state: dict, probe_rows: list[dict], cell_dir: Path) -> None:
+    """The tested adapters (identical on every rank), the per-document predictions and the probe's, by rank 0."""
+    predictions = gather_predictions(fit.trainer, fit.module.predictions)  # every rank takes part
+    if fit.trainer.is_global_zero:
+        ids = doc_ids(built.data["test"])
+        save_adapters(built.model, cell_dir / "adapter", ssm_state=state)
+        write_predictions(cell_dir / predictions_file(), predictions, ids)
         if probe_rows:
-            write_predictions(cell_dir / PROBE_PREDICTIONS_FILE, probe_rows, doc_ids(data["test"]))
-    longer = score_longer(cfg, trainer, module, data["test"], scores, resolve_model_path(cfg.model.model), pad_id,
-                          micro, cell_dir) if cfg.data.eval_lengths else []
-    return {
-        "status": "ok",
-        "accuracy": scores.get("test_acc"),
-        "macro_f1": scores.get("test_f1"),
-        "n_test": int(scores.get("test_n", 0)),
-        "majority_rate": majority_rate(data["test"]),
-        **{k: counts[k] for k in ("adapter_params", "head_params", "trainable_params")},
-        **mem,
-        **phase_columns(phases, counted, device),
-        **{k: v for k, v in rates.items() if k != "timed_steps"},
-        "train_steps": trainer.global_step,
-        "wall_s": time.perf_counter() - start,
-        **probe,
-        "attn_impl": info.attn_impl,
-        "test_s": test_s,
-        "fit_s": test_start - start,
-        "memory_pass_s": memory_s,  # the memory figures' own pass, part of fit_s and wall_s (None: measured in the run)
-        "micro_batch": micro,
-        "accumulate": accumulate,
-        "world_size": trainer.world_size,
-        "strategy": type(trainer.strategy).__name__,
-        "ranks": ranks,  # per rank: peak memory, tokens/s, adapter hash (result.json only, not results.csv)
-        "extrapolation": longer,  # rows of extrapolation.csv (less method, seed), result.json only
-        "phases": phases,  # every phase's raw figures (result.json only)
-    }
-
-
-def total_steps(cfg: CellConfig, data) -> int:
-    """Optimizer steps of the cell's training (`epochs` needs the step count up front for the schedule)."""
-    if cfg.optim.epochs > 0:
-        return cfg.optim.epochs * max(1, len(data["train"]) // cfg.batch_plan()[0])
-    return cfg.optim.max_steps
-
-
-def make_trainer(cfg: CellConfig, steps: int, callbacks: list, logger=False, validate: bool = False,
-                 **kwargs) -> L.Trainer:
-    """The cell's Lightning Trainer: its devices, strategy, precision, accumulation and clipping."""
-    rt, accumulate = cfg.runtime, cfg.batch_plan()[2]
-    return L.Trainer(
-        accelerator=rt.accelerator, devices=rt.devices, num_nodes=rt.num_nodes, strategy=make_strategy(rt),
-        precision=rt.precision, max_steps=steps, max_epochs=-1, accumulate_grad_batches=accumulate,
-        gradient_clip_val=cfg.optim.grad_clip, logger=logger, callbacks=callbacks, enable_checkpointing=validate,
-        limit_val_batches=1.0 if validate else 0,
-        val_check_interval=cfg.optim.val_every * accumulate if validate else None, check_val_every_n_epoch=None,
-        num_sanity_val_steps=0, log_every_n_steps=1, enable_model_summary=False, use_distributed_sampler=False,
-        **kwargs,
-    )
+            write_predictions(cell_dir / PROBE_PREDICTIONS_FILE, probe_rows, ids)
 
 
 def measure_memory(cfg: CellConfig, probe_root: Path) -> dict:
-    """The cell's memory figures from a short pass of its own, under the measurement allocator: the build, the
-    probe's head fit, one optimizer step and one micro-batch more, and `EVAL_BATCHES` validation batches, each a
+    """The cell's memory figures from a short pass of its own, under the measurement allocator: the cell's build
+    and probe phases, one optimizer step and one micro-batch more, and `EVAL_BATCHES` validation batches, each a
     phase, and the counted decomposition (ssmlora.lab.cell_memory). Run in a forked child (`run_forked`), where
     the allocator setting stays. The test split is not read. Returns {"phases": ..., "counted": ...}."""
     configure_allocator_for_measurement()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    device, micro = cell_device(cfg), cfg.batch_plan()[1]
-    phases: dict = {}
-    with PhaseMeter("build", "cpu", phases):
-        data, labels, pad_id, model, _ = build_cell(cfg, phases)
-    if cfg.runtime.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    with PhaseMeter("probe", device, phases):
-        if cfg.optim.head_init == "probe":
-            fit_head_by_probe(cfg, model, data["train"], pad_id, probe_root)
-    counted = count_memory(cfg, model, micro, device)
-    module = AdapterClassifier(model, len(labels), cfg.optim, lr=cfg.lr, max_steps=total_steps(cfg, data))
+    device, micro, meter = cell_device(cfg), cfg.batch_plan()[1], Meter(in_run=True)
+    built = build_phase(cfg, meter)
+    probe_phase(cfg, built, probe_root, meter, device, score_test=False)
+    counted = count_memory(cfg, built.model, micro, device)
+    module = AdapterClassifier(built.model, len(built.labels), cfg.optim, lr=cfg.lr,
+                               max_steps=total_steps(cfg, built.data))
     # The peak needs AdamW's state, made by the first optimizer step, and one micro-batch's backward after it.
-    measured_steps = min(total_steps(cfg, data), MEMORY_STEPS)
+    measured_steps = min(total_steps(cfg, built.data), MEMORY_STEPS)
     trainer = make_trainer(cfg, measured_steps, [], enable_progress_bar=False,
                            limit_train_batches=cfg.batch_plan()[2] * (measured_steps - 1) + 1)
-    dm = TaskDataModule(data, micro, cfg.seed, pad_id)
+    dm = TaskDataModule(built.data, micro, cfg.seed, built.pad_id)
     module.train()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    with PhaseMeter("train", device, phases):
+    with meter("train", device):
         trainer.fit(module, datamodule=dm)
-    if len(data.get("validation") or ()) > 0:
+    if len(built.data.get("validation") or ()) > 0:
         trainer.limit_val_batches = EVAL_BATCHES
-        with PhaseMeter("eval", device, phases):
+        with meter("eval", device):
             trainer.validate(module, datamodule=dm, verbose=False)
-    return {"phases": phases, "counted": counted}
+    return {"phases": meter.phases, "counted": counted}
 
 
 def cell_device(cfg: CellConfig) -> torch.device:
@@ -252,65 +309,16 @@ def cell_device(cfg: CellConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def fit_head_by_probe(cfg: CellConfig, model, train, pad_id: int, probe_root: Path) -> dict:
+def fit_head_by_probe(cfg: CellConfig, model, train, pad_id: int, probe_root: Path,
+                      device: torch.device | None = None) -> dict:
     """LP-FT's first stage (ssmlora/lab/probe.py) with the features cached in `probe_root` per length and seed."""
     cache = probe_root / f"L{cfg.max_len}-s{cfg.seed}.safetensors"
-    if cfg.runtime.uses_gpu():  # the Trainer would move it there anyway; the probe's forwards should run there too
-        model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0)))
+    device = device or cell_device(cfg)
+    if device.type == "cuda":  # the Trainer would move it there anyway; the probe's forwards should run there too
+        model.to(device)
     micro = cfg.batch_plan()[1]
     return init_head_from_probe(model, train, cfg.optim.probe_examples, cfg.seed, 2 * micro, cfg.runtime.precision,
                                 pad_id, cache=cache, write_cache=is_rank_zero())
-
-
-def make_strategy(runtime: RuntimeConfig):
-    """Lightning strategy of a cell: "auto" for one process, else DDP / FSDP set up for adapters.
-
-    DDP: `broadcast_buffers=False`, because SSMLoRA's `carry` state lives in (non-persistent) buffers of
-    `model.ssm_state` and is per rank: each rank carries the state of the batches it saw, and broadcasting
-    rank 0's buffers at every forward would overwrite it (and fail on shape when batches differ).
-    FSDP: `use_orig_params=True`, so frozen base weights and trainable adapter matrices can share a flat
-    parameter; adapters are plain nn.Modules holding the base nn.Linear, so FSDP wraps them like any layer.
-    Under torchrun (TORCHELASTIC_RUN_ID, also set by the sweep's own launcher) the cluster environment is
-    given explicitly, so an enclosing SLURM allocation is not mistaken for the launcher.
-    """
-    from lightning.fabric.plugins.environments import TorchElasticEnvironment
-    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
-
-    name = runtime.distributed_strategy()
-    if name is None:
-        return runtime.strategy
-    kwargs = {"cluster_environment": TorchElasticEnvironment()} if "TORCHELASTIC_RUN_ID" in os.environ else {}
-    if name == "ddp":
-        return DDPStrategy(broadcast_buffers=False, **kwargs)
-    return FSDPStrategy(use_orig_params=True, **kwargs)
-
-
-def adapter_digest(model: torch.nn.Module) -> str:
-    """sha256 over the names and bytes of every trainable tensor (adapters + head): equal iff identical."""
-    h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters()):
-        if p.requires_grad:
-            h.update(name.encode())
-            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def reduce_cell_figures(trainer, model, mem: dict, speed, flops_dtype) -> tuple[dict, dict, list[dict]]:
-    """Peak memory = max over ranks; rates = global sum of the per-rank rates; plus the per-rank figures.
-    `mem`: this rank's `process_memory`."""
-    local = {"rank": trainer.global_rank, "peak_mem_mb": mem["peak_mem_mb"],
-             "peak_reserved_mb": mem.get("peak_reserved_mb"), **speed.local_figures(),
-             "adapter_sha256": adapter_digest(model)}
-    ranks = [local]
-    if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        ranks = [None] * trainer.world_size
-        torch.distributed.all_gather_object(ranks, local)
-    mem = {**mem, "peak_mem_mb": max(r["peak_mem_mb"] for r in ranks)}
-    if mem.get("peak_reserved_mb") is not None:
-        mem["peak_reserved_mb"] = max(r["peak_reserved_mb"] or 0 for r in ranks)
-    if len(ranks) > 1:
-        mem["mem_includes"] = f"max over {len(ranks)} ranks of: {mem['mem_includes']}"
-    return mem, speed.summary(flops_dtype, ranks=ranks if len(ranks) > 1 else None), ranks
 
 
 def build_cell(cfg: CellConfig, phases: dict | None = None):
