@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def build(length: int):
         torch.manual_seed(0)
-        model, _ = load_backbone(args.model, num_labels=2, max_len=length, attn_implementation=args.attn)
+        model, _ = load_backbone(args.model, num_labels=2, reach=length, attn_implementation=args.attn)
         return inject_adapters(model, AdapterConfig(method=args.method))
 
     autocast = torch.bfloat16 if args.precision == "bf16" else None

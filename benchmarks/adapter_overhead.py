@@ -41,17 +41,17 @@ LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 R, ALPHA, DROPOUT = 8, 16.0, 0.1
 
 
-def small_llama(max_len: int) -> LlamaConfig:
+def small_llama(length: int) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=2048, hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
-        num_key_value_heads=8, max_position_embeddings=max(max_len, 4096), num_labels=2, pad_token_id=0,
+        num_key_value_heads=8, max_position_embeddings=max(length, 4096), num_labels=2, pad_token_id=0,
         attention_dropout=0.0,
     )
 
 
-def build(method: str, max_len: int):
+def build(method: str, length: int):
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(small_llama(max_len), attn_implementation="sdpa")
+    model = AutoModelForSequenceClassification.from_config(small_llama(length), attn_implementation="sdpa")
     if method == "peft-lora":
         from peft import LoraConfig, get_peft_model
 
@@ -71,15 +71,15 @@ def train_step(model, optimizer, ids, labels) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def batch(max_len: int):
-    g = torch.Generator().manual_seed(max_len)
-    return torch.randint(1, 2048, (1, max_len), generator=g), torch.tensor([1])
+def batch(length: int):
+    g = torch.Generator().manual_seed(length)
+    return torch.randint(1, 2048, (1, length), generator=g), torch.tensor([1])
 
 
-def time_length(max_len: int, rounds: int, warmup: int) -> dict[str, float]:
+def time_length(length: int, rounds: int, warmup: int) -> dict[str, float]:
     """Median step seconds per method, steps interleaved across methods."""
-    ids, labels = batch(max_len)
-    runs = {m: build(m, max_len) for m in METHODS}
+    ids, labels = batch(length)
+    runs = {m: build(m, length) for m in METHODS}
     for model, opt in runs.values():
         for _ in range(warmup):
             train_step(model, opt, ids, labels)
@@ -93,14 +93,14 @@ def time_length(max_len: int, rounds: int, warmup: int) -> dict[str, float]:
     return {m: statistics.median(t) for m, t in times.items()}
 
 
-def memory_cell(method: str, max_len: int) -> dict[str, float]:
+def memory_cell(method: str, length: int) -> dict[str, float]:
     """Runs in its own process: step memory (MiB) above the pre-step RSS, and the process peak."""
     import gc
 
     import psutil
 
-    ids, labels = batch(max_len)
-    model, opt = build(method, max_len)
+    ids, labels = batch(length)
+    model, opt = build(method, length)
     train_step(model, opt, ids, labels)  # allocates the optimizer state
     gc.collect()
     rss_before = psutil.Process().memory_info().rss / 2**20
@@ -112,12 +112,12 @@ def memory_cell(method: str, max_len: int) -> dict[str, float]:
     return {"step_mb": peak - rss_before, "process_peak_mb": peak}
 
 
-def measure_memory(method: str, max_len: int) -> dict[str, float]:
+def measure_memory(method: str, length: int) -> dict[str, float]:
     # A fixed mmap threshold makes glibc hand every large tensor back to the OS when it is freed, so RSS
     # follows the live tensors instead of the allocator's cache from earlier steps.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     out = subprocess.run(
-        [sys.executable, __file__, "--memory-cell", method, str(max_len)],
+        [sys.executable, __file__, "--memory-cell", method, str(length)],
         capture_output=True, text=True, check=True, env=env,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -149,28 +149,28 @@ def main(argv: list[str] | None = None) -> int:
     header = ("L", "method", "step s", "step MiB", "proc MiB")
     emit("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     summary = []
-    for max_len in args.lengths:
-        seconds = time_length(max_len, args.rounds, args.warmup)
-        memory = {m: measure_memory(m, max_len) for m in METHODS}
+    for length in args.lengths:
+        seconds = time_length(length, args.rounds, args.warmup)
+        memory = {m: measure_memory(m, length) for m in METHODS}
         for m in METHODS:
-            emit(f"| {max_len} | {m} | {seconds[m]:.3f} | {memory[m]['step_mb']:.0f} | {memory[m]['process_peak_mb']:.0f} |")
-        summary.append((max_len, seconds, memory))
+            emit(f"| {length} | {m} | {seconds[m]:.3f} | {memory[m]['step_mb']:.0f} | {memory[m]['process_peak_mb']:.0f} |")
+        summary.append((length, seconds, memory))
     emit("\nRatios (time = median step time; memory = step MiB):\n")
     emit("| L | SSMLoRA/LoRA time | SSMLoRA/LoRA mem | LoRA/PEFT time | LoRA/PEFT mem | LoRA/frozen time | LoRA/frozen mem |")
     emit("|---|---|---|---|---|---|---|")
-    for max_len, s, mem in summary:
+    for length, s, mem in summary:
         ratio = lambda a, b, d: d[a] / d[b]  # noqa: E731
         step = {m: mem[m]["step_mb"] for m in METHODS}
-        emit(f"| {max_len} | {ratio('ssmlora', 'lora', s):.3f} | {ratio('ssmlora', 'lora', step):.3f} | "
+        emit(f"| {length} | {ratio('ssmlora', 'lora', s):.3f} | {ratio('ssmlora', 'lora', step):.3f} | "
              f"{ratio('lora', 'peft-lora', s):.3f} | {ratio('lora', 'peft-lora', step):.3f} | "
              f"{ratio('lora', 'frozen', s):.3f} | {ratio('lora', 'frozen', step):.3f} |")
-    max_len, s, mem = summary[-1]
+    length, s, mem = summary[-1]
     checks = [
         ("SSMLoRA/LoRA time <= 1.10", s["ssmlora"] / s["lora"] <= 1.10),
         ("SSMLoRA/LoRA memory <= 1.05", mem["ssmlora"]["step_mb"] / mem["lora"]["step_mb"] <= 1.05),
         ("LoRA/PEFT time <= 1.00", s["lora"] / s["peft-lora"] <= 1.00),
     ]
-    emit(f"\nTargets at L={max_len}: " + "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in checks))
+    emit(f"\nTargets at L={length}: " + "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in checks))
     if args.write_docs:
         print(f"wrote {write_docs_section('adapter_overhead', chr(10).join(lines), machine_line())}")
     return 0

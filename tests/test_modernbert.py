@@ -146,8 +146,8 @@ def test_parameter_counts_of_modernbert_base_and_large_match_a_direct_count(size
 
 def test_saved_modernbert_pools_by_its_mean_and_refuses_lengths_beyond_its_positions(tmp_path):
     folder = save_tiny_backbone(tmp_path / "mb", "modernbert", max_positions=128)
-    model, info = load_backbone(str(folder), num_labels=3, max_len=128, pooling="mean")
+    model, info = load_backbone(str(folder), num_labels=3, reach=128, pooling="mean")
     assert model.config.classifier_pooling == "mean" and info.pooling == "mean" and info.positions == "fixed"
-    assert check_backbone(str(folder), 128).native_max_len == 128
+    assert check_backbone(str(folder), 128).native_reach == 128
     with pytest.raises(BackboneError, match="beyond what .* can take: its positions are not absolute"):
         check_backbone(str(folder), 256)

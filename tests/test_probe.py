@@ -19,7 +19,7 @@ def tiny_bert(tmp_path_factory):
 
 
 def adapted(path, method="lora", mode="depth"):
-    model, _ = load_backbone(str(path), num_labels=3, max_len=64, pooling="mean")
+    model, _ = load_backbone(str(path), num_labels=3, reach=64, pooling="mean")
     inject_adapters(model, AdapterConfig(method=method, ssm_mode=mode))
     return model
 

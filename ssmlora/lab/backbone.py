@@ -56,8 +56,8 @@ class BackboneInfo:
     path: str  # resolved folder or hub id
     model_type: str
     positions: str  # "absolute" (extendable) | "fixed" (rotary, relative or unknown: never extended)
-    native_max_len: int  # longest input the pretrained position table covers
-    max_len: int  # longest input this model instance takes
+    native_reach: int  # longest input the pretrained position table covers
+    reach: int  # longest input this model instance takes
     attn_impl: str = ""  # the kernel that runs: flash_attention_2 | sdpa | eager
     pooling: str = "model"  # "mean" (masked mean of token states, as the checkpoint was trained) | "model"
 
@@ -86,8 +86,8 @@ def _has_absolute_positions(config) -> bool:
     return config.model_type in _ABSOLUTE_FAMILIES and getattr(config, "position_embedding_type", "absolute") == "absolute"
 
 
-def check_backbone(name_or_path: str, max_len: int) -> BackboneInfo:
-    """Read the model's config (no weights) and check it can take `max_len` tokens. Raises BackboneError."""
+def check_backbone(name_or_path: str, reach: int) -> BackboneInfo:
+    """Read the model's config (no weights) and check it can take `reach` tokens. Raises BackboneError."""
     from transformers import AutoConfig
 
     try:
@@ -103,15 +103,15 @@ def check_backbone(name_or_path: str, max_len: int) -> BackboneInfo:
         ) from None
     native = _native_positions(config)
     positions = "absolute" if _has_absolute_positions(config) else "fixed"
-    if positions == "fixed" and native is not None and max_len > native:
+    if positions == "fixed" and native is not None and reach > native:
         raise BackboneError(
-            f"--max-len {max_len} is beyond what {name_or_path!r} ({config.model_type}, max_position_embeddings="
+            f"--max-len {reach} is beyond what {name_or_path!r} ({config.model_type}, max_position_embeddings="
             f"{native}) can take: its positions are not absolute, so they are not extended; use lengths <= "
             f"{native} or a model configured for longer inputs"
         )
-    if positions == "absolute" and max_len > MAX_EXTENDED_LEN:
+    if positions == "absolute" and reach > MAX_EXTENDED_LEN:
         raise BackboneError(
-            f"--max-len {max_len} is beyond what {name_or_path!r} can take: its absolute positions are extended "
+            f"--max-len {reach} is beyond what {name_or_path!r} can take: its absolute positions are extended "
             f"by copying up to {MAX_EXTENDED_LEN} tokens; use lengths <= {MAX_EXTENDED_LEN}"
         )
     return BackboneInfo(
@@ -119,8 +119,8 @@ def check_backbone(name_or_path: str, max_len: int) -> BackboneInfo:
         path=path,
         model_type=config.model_type,
         positions=positions,
-        native_max_len=native or max_len,
-        max_len=max(max_len, native or 0),
+        native_reach=native or reach,
+        reach=max(reach, native or 0),
     )
 
 
@@ -135,8 +135,8 @@ def pick_attn_implementation(requested: str = "auto") -> str:
     return "sdpa"
 
 
-def extend_positions(model: nn.Module, max_len: int) -> int:
-    """Tile the pretrained absolute position embeddings up to `max_len` rows (Longformer-style copy).
+def extend_positions(model: nn.Module, reach: int) -> int:
+    """Tile the pretrained absolute position embeddings up to `reach` rows (Longformer-style copy).
 
     Returns the new table length. Copies (rather than interpolates) so every position keeps a vector the
     pretrained attention already knows how to read; fine-tuning sorts out the repeats.
@@ -150,30 +150,30 @@ def extend_positions(model: nn.Module, max_len: int) -> int:
         owner, attr = base.embeddings, "position_embeddings"
     old: nn.Embedding = getattr(owner, attr)
     native = old.num_embeddings - offset
-    if max_len <= native:
+    if reach <= native:
         return old.num_embeddings
     rows = old.weight.data[offset:]
-    tiled = rows.repeat(math.ceil(max_len / native), 1)[:max_len]
+    tiled = rows.repeat(math.ceil(reach / native), 1)[:reach]
     # `_weight` skips nn.Embedding's random init: drawing it would move the global RNG by a length-dependent
     # amount, so adapter init and dropout would depend on how far positions were extended.
-    new = nn.Embedding(offset + max_len, old.embedding_dim, padding_idx=old.padding_idx,
+    new = nn.Embedding(offset + reach, old.embedding_dim, padding_idx=old.padding_idx,
                        _weight=torch.cat([old.weight.data[:offset], tiled]).to(old.weight.dtype))
     new.weight.requires_grad_(old.weight.requires_grad)
     setattr(owner, attr, new)
     # BERT-style embeddings keep (1, max_positions) index buffers that slice by length: grow them too.
     for name in ("position_ids", "token_type_ids"):
         buf = getattr(owner, name, None)
-        if isinstance(buf, torch.Tensor) and buf.dim() == 2 and buf.shape[1] < offset + max_len:
+        if isinstance(buf, torch.Tensor) and buf.dim() == 2 and buf.shape[1] < offset + reach:
             grown = (
-                torch.arange(offset + max_len, dtype=buf.dtype).expand(1, -1)
+                torch.arange(offset + reach, dtype=buf.dtype).expand(1, -1)
                 if name == "position_ids"
-                else torch.zeros(1, offset + max_len, dtype=buf.dtype)
+                else torch.zeros(1, offset + reach, dtype=buf.dtype)
             )
             owner.register_buffer(name, grown.to(buf.device), persistent=False)
     if config.model_type == "gpt2":
-        config.n_positions = max_len
-    config.max_position_embeddings = offset + max_len
-    return offset + max_len
+        config.n_positions = reach
+    config.max_position_embeddings = offset + reach
+    return offset + reach
 
 
 class MaskedMeanPooler(nn.Module):
@@ -234,14 +234,14 @@ def use_mean_pooling(model: nn.Module) -> bool:
 def load_backbone(
     name_or_path: str,
     num_labels: int,
-    max_len: int,
+    reach: int,
     attn_implementation: str = "auto",
     gradient_checkpointing: bool = False,
     id2label: dict[int, str] | None = None,
     pad_token_id: int | None = None,
     pooling: str = "auto",
 ) -> tuple[nn.Module, BackboneInfo]:
-    """A `*ForSequenceClassification` model that takes `max_len` tokens, with attention dropout 0.
+    """A `*ForSequenceClassification` model that takes `reach` tokens (at least), with attention dropout 0.
 
     `pooling`: "auto" follows a sentence-transformers checkpoint's own pooling config (the default MiniLM was
     trained to be read out by a mean over tokens, not by its CLS token; with CLS the head stayed at chance
@@ -255,7 +255,7 @@ def load_backbone(
 
     hf_logging.set_verbosity_error()  # the new head's "newly initialized" report is expected, not news
     hf_logging.disable_progress_bar()  # a weight-loading bar per cell is noise in a sweep's console
-    info = check_backbone(name_or_path, max_len)
+    info = check_backbone(name_or_path, reach)
     attn = pick_attn_implementation(attn_implementation)
     overrides = {"num_labels": num_labels}
     if id2label:
@@ -277,13 +277,13 @@ def load_backbone(
         attn = "sdpa"
         model = AutoModelForSequenceClassification.from_pretrained(info.path, attn_implementation=attn, **overrides)
     if info.positions == "absolute":
-        extend_positions(model, max_len)
+        extend_positions(model, reach)
     if pooling == "mean" or (pooling == "auto" and sentence_transformers_pooling(info.path) == "mean"):
         info.pooling = "mean" if use_mean_pooling(model) else "model"
     if gradient_checkpointing:
         enable_gradient_checkpointing(model)  # Hugging Face's switch; works for every adapter method
     info.attn_impl = getattr(model.config, "_attn_implementation", None) or attn
-    info.max_len = max(max_len, info.native_max_len)
+    info.reach = max(reach, info.native_reach)
     return model, info
 
 

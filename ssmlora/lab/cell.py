@@ -328,7 +328,7 @@ def build_cell(cfg: CellConfig, phases: dict | None = None):
     data = build_splits(cfg.data, cfg.max_len, tokenizer, phases)
     labels = list(data["train"].features["label"].names)
     pad_id = pad_token_id(tokenizer)
-    model, info = load_backbone(cfg.model.model, num_labels=len(labels), max_len=longest_length(cfg),
+    model, info = load_backbone(cfg.model.model, num_labels=len(labels), reach=longest_length(cfg),
                                 attn_implementation=cfg.model.attn, id2label=dict(enumerate(labels)),
                                 pad_token_id=pad_id, pooling=cfg.model.pooling)
     torch.manual_seed(cfg.seed)  # adapter init depends on the seed only, not on what loading drew before it

@@ -62,7 +62,7 @@ def find_frontier(step_fits: Callable[[int], bool], lo: int, hi: int, multiple: 
     """Largest multiple of `multiple` in [lo, hi] for which `step_fits(L)` is True; 0 if none does.
 
     Bisection, assuming a step that fits at L fits at every shorter length. Each L is tried at most once.
-    `guess` (e.g. from `predict_max_len`) is tried first and then its neighbour, so a good prediction is
+    `guess` (e.g. from `predict_fit_len`) is tried first and then its neighbour, so a good prediction is
     confirmed with two real steps.
     """
     if multiple <= 0:
@@ -85,7 +85,7 @@ def find_frontier(step_fits: Callable[[int], bool], lo: int, hi: int, multiple: 
     return good * multiple if good >= first else 0
 
 
-def predict_max_len(fixed_bytes: float, per_seq_points: list[tuple[int, float]], budget_bytes: float,
+def predict_fit_len(fixed_bytes: float, per_seq_points: list[tuple[int, float]], budget_bytes: float,
                     multiple: int = 256, micro_batch: int = 1) -> int:
     """Largest multiple of `multiple` with fixed + micro_batch * c * L**b <= budget; 0 if none.
 
@@ -194,7 +194,7 @@ def frontier_point(build: Callable[[int], nn.Module], budget_bytes: int, device:
     point; its count is) and real steps at `probe_lengths` give counted(L) (`fit_counted`) and the line
     peak = A + K * counted (`predict_from_counted`). CPU: every confirming step joins the real points, so one
     over the budget sharpens the next prediction. Returns the frontier.csv fields this function knows:
-    max_len, how, reach, cap_hit, step_peak_mb (real step at max_len), predicted_len (the first prediction),
+    fit_len, how, reach, cap_hit, step_peak_mb (real step at fit_len), predicted_len (the first prediction),
     exponent, fixed_mb, attempts (JSON {L: peak MiB, or "oom"}), seconds.
     """
     device = torch.device(device)
@@ -257,7 +257,7 @@ def frontier_point(build: Callable[[int], nn.Module], budget_bytes: int, device:
         else:
             best = best if fits(best) else 0
     peak = attempts.get(best)
-    return {"max_len": best, "how": how, "reach": reach, "cap_hit": best >= reach // multiple * multiple,
+    return {"fit_len": best, "how": how, "reach": reach, "cap_hit": best >= reach // multiple * multiple,
             "step_peak_mb": peak if isinstance(peak, float) else None, "predicted_len": predicted,
             "exponent": exponent, "fixed_mb": fixed_mb, "attempts": json.dumps({str(k): v for k, v in attempts.items()}),
             "seconds": time.perf_counter() - start}

@@ -32,14 +32,14 @@ _AUTOCAST = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16
 def backbone_reach(cfg: SweepConfig) -> int:
     """Longest input the backbone takes: absolute positions are extended up to MAX_EXTENDED_LEN, others not."""
     info = check_backbone(cfg.model.model, MULTIPLE)
-    return MAX_EXTENDED_LEN if info.positions == "absolute" else info.native_max_len
+    return MAX_EXTENDED_LEN if info.positions == "absolute" else info.native_reach
 
 
 def builder(cfg: SweepConfig, variant: MethodVariant, checkpointing: bool):
     """`build(L)`: the cell's backbone at L tokens with `variant`'s adapters, as run_cell builds it."""
     def build(length: int):
         torch.manual_seed(0)
-        model, info = load_backbone(cfg.model.model, num_labels=2, max_len=length, attn_implementation=cfg.model.attn,
+        model, info = load_backbone(cfg.model.model, num_labels=2, reach=length, attn_implementation=cfg.model.attn,
                                  pooling=cfg.model.pooling)
         inject_adapters(model, variant.adapter(cfg.adapter))
         if checkpointing:
@@ -92,7 +92,7 @@ def run_frontier(cfg: SweepConfig, budget_bytes: int, out: str | os.PathLike = "
             rows.append({"method": method, "gradient_checkpointing": checkpointing, **point,
                          "mem_budget_mb": budget_bytes / MiB, "model": cfg.model.model, "attn_impl": attn,
                          "precision": cfg.runtime.precision, "device": device.type, "note": note})
-            log(f"  -> max L {point['max_len']} ({point['how']}{', ' + note if note else ''})", flush=True)
+            log(f"  -> max L {point['fit_len']} ({point['how']}{', ' + note if note else ''})", flush=True)
             write_frontier(SweepFolder(folder).frontier, rows)  # after every row: a run cut short keeps its rows
     log(f"frontier: {len(rows)} rows in {time.perf_counter() - start:.0f} s -> {SweepFolder(folder).frontier}")
     return folder, rows
