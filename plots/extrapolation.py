@@ -3,10 +3,11 @@ test documents are read to, one line per (method, train length), each starting a
 paired differences at every (train length, eval length), from the cells' per-document predictions.
 
 A point's bar is its 95 % interval over seeds and test documents (plots.stats.accuracy_interval, from the
-per-document predictions; from the file's seed accuracies where those are missing), as in the other figures. Gids: ``extrapolation:<series>@<train_len>`` (line),
+per-document predictions; from the file's seed accuracies where those are missing), as in the other figures.
+Gids: ``extrapolation:<series>@<max_len>`` (line),
 ``majority`` (majority-class rate of the same documents).
 
-Paired differences (``extrapolation_differences.csv``, long format, one row per comparison): at each (train_len,
+Paired differences (``extrapolation_differences.csv``, long format, one row per comparison): at each (max_len,
 eval_len), every pair of methods on the same documents and seeds (A later than B in the figures' method order,
 e.g. ssmlora:scan - lora), and, at an eval length beyond the train length, each method read to eval_len against
 itself at its train length (same cells, same documents: what reading further changed). plots.stats gives the
@@ -25,9 +26,9 @@ from results import EXTRAPOLATION_COLUMNS, EXTRAPOLATION_FILE, predictions_file
 
 LINESTYLES = ("-", "--", ":", "-.")
 DIFFERENCES_FILE = "extrapolation_differences.csv"
-# b_eval_len: the length B's documents were read to (eval_len for a pair of methods, train_len for a method
+# b_eval_len: the length B's documents were read to (eval_len for a pair of methods, max_len for a method
 # against itself); detected: the 95 % interval excludes 0, the only case in which the report states a difference
-DIFFERENCE_COLUMNS = ("train_len", "eval_len", "a", "b", "b_eval_len", "diff", "ci_low", "ci_high", "p_value",
+DIFFERENCE_COLUMNS = ("max_len", "eval_len", "a", "b", "b_eval_len", "diff", "ci_low", "ci_high", "p_value",
                       "n_docs", "n_seeds", "detected")
 CAPTION = ("Length extrapolation: each cell trained at L is scored on its own test documents read further (x "
            "axis); one line per (method, train length), starting at L. Bars: 95% interval over seeds and test "
@@ -40,6 +41,7 @@ def load_extrapolation(sweep: Sweep) -> pd.DataFrame | None:
     if not path.exists():
         return None
     table = pd.read_csv(path, dtype={"method": str, "ssm_mode": str, "variant": str}, keep_default_na=False)
+    table = table.rename(columns={"train_len": "max_len"})  # a file from before the cell's length had one name
     if list(table.columns) != list(EXTRAPOLATION_COLUMNS) or table.empty:
         return None
     for column in EXTRAPOLATION_COLUMNS[3:]:
@@ -49,15 +51,15 @@ def load_extrapolation(sweep: Sweep) -> pd.DataFrame | None:
 
 
 def points(sweep: Sweep, table: pd.DataFrame) -> pd.DataFrame:
-    """One row per (series, train_len, eval_len): accuracy over seeds and documents and its 95 % interval."""
+    """One row per (series, max_len, eval_len): accuracy over seeds and documents and its 95 % interval."""
     outcomes = load_outcomes(sweep, table)
     out = []
-    for (series, train, length), group in table.groupby(["series", "train_len", "eval_len"]):
-        grids = aligned_grids(outcomes[(outcomes["series"] == series) & (outcomes["train_len"] == train)
+    for (series, train, length), group in table.groupby(["series", "max_len", "eval_len"]):
+        grids = aligned_grids(outcomes[(outcomes["series"] == series) & (outcomes["max_len"] == train)
                                        & (outcomes["eval_len"] == length)])
         accuracy = (accuracy_interval(grids[0]) if grids
                     else accuracy_from_seed_rates(group["accuracy"].to_numpy(float), int(group["n"].min())))
-        out.append({"series": series, "train_len": int(train), "eval_len": int(length), "accuracy": accuracy.mean,
+        out.append({"series": series, "max_len": int(train), "eval_len": int(length), "accuracy": accuracy.mean,
                     "low": accuracy.low, "high": accuracy.high, "seeds": len(group), "n": int(group["n"].iloc[0]),
                     "majority_rate": float(group["majority_rate"].iloc[0])})
     return pd.DataFrame(out)
@@ -66,11 +68,11 @@ def points(sweep: Sweep, table: pd.DataFrame) -> pd.DataFrame:
 def accuracy_vs_eval_length(sweep: Sweep):
     fig, (ax,) = new_figure()
     table = points(sweep, load_extrapolation(sweep))
-    trains = sorted(table["train_len"].unique())
+    trains = sorted(table["max_len"].unique())
     order = sort_series(table["series"].unique())
     for index, series in enumerate(order):
         for train in trains:
-            rows = table[(table["series"] == series) & (table["train_len"] == train)].sort_values("eval_len")
+            rows = table[(table["series"] == series) & (table["max_len"] == train)].sort_values("eval_len")
             if rows.empty:
                 continue
             # nudged apart on the log axis so equal accuracies do not hide each other's intervals
@@ -92,54 +94,54 @@ def accuracy_vs_eval_length(sweep: Sweep):
 
 
 def load_outcomes(sweep: Sweep, table: pd.DataFrame) -> pd.DataFrame:
-    """Per-document outcomes behind every extrapolation row: series, train_len, eval_len, seed, doc_id, correct
+    """Per-document outcomes behind every extrapolation row: series, max_len, eval_len, seed, doc_id, correct
     (predictions.csv at the train length, predictions-L<eval>.csv beyond it; rows without a file left out)."""
     frames = []
     for r in table.itertuples():
-        train, length = int(r.train_len), int(r.eval_len)
+        train, length = int(r.max_len), int(r.eval_len)
         path = cell_folder(sweep, r.variant, train, r.seed) / predictions_file(None if length == train else length)
         if path.exists():
-            frames.append(read_outcomes(path).assign(series=r.series, train_len=train, eval_len=length,
+            frames.append(read_outcomes(path).assign(series=r.series, max_len=train, eval_len=length,
                                                      seed=int(r.seed)))
-    columns = ["series", "train_len", "eval_len", "seed", "doc_id", "correct"]
+    columns = ["series", "max_len", "eval_len", "seed", "doc_id", "correct"]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
 def differences(sweep: Sweep) -> list[tuple[dict, object]]:
-    """[(row of extrapolation_differences.csv less the statistics, PairedDifference)], by train_len, eval_len."""
+    """[(row of extrapolation_differences.csv less the statistics, PairedDifference)], by max_len, eval_len."""
     table = load_extrapolation(sweep)
     if table is None:
         return []
     outcomes = load_outcomes(sweep, table)
     out = []
-    for (train, length), at in outcomes.groupby(["train_len", "eval_len"]):
+    for (train, length), at in outcomes.groupby(["max_len", "eval_len"]):
         present = sort_series(at["series"].unique())
         of = {s: at[at["series"] == s] for s in present}
         pairs = [(a, b, length, of[b]) for i, a in enumerate(present) for b in present[:i]]
         if length > train:
-            own = outcomes[(outcomes["train_len"] == train) & (outcomes["eval_len"] == train)]
+            own = outcomes[(outcomes["max_len"] == train) & (outcomes["eval_len"] == train)]
             pairs += [(a, a, train, own[own["series"] == a]) for a in present]
         for a, b, b_len, rows_b in pairs:
             found = paired_outcomes(of[a], rows_b)
             if found is not None:
-                out.append(({"train_len": int(train), "eval_len": int(length), "a": a, "b": b,
+                out.append(({"max_len": int(train), "eval_len": int(length), "a": a, "b": b,
                              "b_eval_len": int(b_len)}, found))
     return out
 
 
 def effects(sweep: Sweep) -> list[tuple[dict, object]]:
-    """The extrapolation effect of every pair of methods (A later than B in the figures' order) at every (train_len,
-    eval_len > train_len): [({train_len, eval_len, a, b}, PairedDifference)] of (A - B read to eval_len) - (A - B
-    at train_len), on the seeds and documents all four share (plots.stats.difference_in_differences). A lead A
+    """The extrapolation effect of every pair of methods (A later than B in the figures' order) at every (max_len,
+    eval_len > max_len): [({max_len, eval_len, a, b}, PairedDifference)] of (A - B read to eval_len) - (A - B
+    at max_len), on the seeds and documents all four share (plots.stats.difference_in_differences). A lead A
     already had at its training length is not counted as gained by reading further."""
     table = load_extrapolation(sweep)
     if table is None:
         return []
     outcomes = load_outcomes(sweep, table)
     out = []
-    for (train, length), _ in outcomes[outcomes["eval_len"] > outcomes["train_len"]].groupby(["train_len",
+    for (train, length), _ in outcomes[outcomes["eval_len"] > outcomes["max_len"]].groupby(["max_len",
                                                                                               "eval_len"]):
-        at = {(s, n): outcomes[(outcomes["series"] == s) & (outcomes["train_len"] == train)
+        at = {(s, n): outcomes[(outcomes["series"] == s) & (outcomes["max_len"] == train)
                                & (outcomes["eval_len"] == n)] for s in outcomes["series"].unique()
               for n in (train, length)}
         present = sort_series(outcomes["series"].unique())
@@ -147,7 +149,7 @@ def effects(sweep: Sweep) -> list[tuple[dict, object]]:
             for b in present[:i]:
                 grids = aligned_grids(at[a, length], at[b, length], at[a, train], at[b, train])
                 if grids:
-                    out.append(({"train_len": int(train), "eval_len": int(length), "a": a, "b": b},
+                    out.append(({"max_len": int(train), "eval_len": int(length), "a": a, "b": b},
                                 difference_in_differences(*grids)))
     return out
 
@@ -171,14 +173,14 @@ def difference_lines(sweep: Sweep) -> list[str]:
         a, b = key["a"], key["b"]
         if a == b:  # a method read further against itself at its train length
             a, b = f"{a} read to {key['eval_len']}", f"{b} at its train length {key['b_eval_len']}"
-        lines.append(f"trained at {key['train_len']}, read to {key['eval_len']}: {d.describe(a, b)}")
+        lines.append(f"trained at {key['max_len']}, read to {key['eval_len']}: {d.describe(a, b)}")
     return lines
 
 
 def effect_sentence(key: dict, d) -> str:
     """'ssmlora - lora read to 2048 vs the same at 512: ...' worded by PairedDifference.describe."""
     gap = f"{key['a']} \u2212 {key['b']}"
-    return d.describe(f"{gap} read to {key['eval_len']}", f"{gap} at its train length {key['train_len']}")
+    return d.describe(f"{gap} read to {key['eval_len']}", f"{gap} at its train length {key['max_len']}")
 
 
 def report_lines(sweep: Sweep) -> list[str]:
@@ -192,8 +194,8 @@ def report_lines(sweep: Sweep) -> list[str]:
              "test documents (Wilson at the crossed design's effective documents). The documents are the same at "
              "every eval length.", "",
              "| method | train L | eval L | accuracy | interval | seeds | n | majority |", "|---|---|---|---|---|---|---|---|"]
-    for r in points(sweep, table).sort_values(["series", "train_len", "eval_len"]).itertuples():
-        lines.append(f"| {r.series} | {r.train_len} | {r.eval_len} | {r.accuracy:.3f} | [{r.low:.3f}, {r.high:.3f}] "
+    for r in points(sweep, table).sort_values(["series", "max_len", "eval_len"]).itertuples():
+        lines.append(f"| {r.series} | {r.max_len} | {r.eval_len} | {r.accuracy:.3f} | [{r.low:.3f}, {r.high:.3f}] "
                      f"| {r.seeds} | {r.n} | {r.majority_rate:.3f} |")
     found = difference_lines(sweep)
     lines += ["", "### Paired differences at each eval length", "",

@@ -146,7 +146,7 @@ def verdicts(sweep: Sweep, trained: dict, extrapolated: list) -> list[Verdict]:
             continue
         comparison = f"{ssm} - {other}"
         if claim == "C3":
-            points = {f"trained {k['train_len']}, read {k['eval_len']}": d if k["a"] == ssm else d.flipped()
+            points = {f"trained {k['max_len']}, read {k['eval_len']}": d if k["a"] == ssm else d.flipped()
                       for k, d in extrapolated if {k["a"], k["b"]} == {ssm, other}}
         else:
             by_length = trained.get((ssm, other)) or {}

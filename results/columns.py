@@ -96,8 +96,8 @@ SCHEMA_1_NAMES = frozenset(COLUMN_NAMES) - {"schema_version", "sweep_hash"}
 # ---------------------------------------------------------------- extrapolation.csv
 
 # Long format, one row per (cell, eval length): the cell's test documents read up to eval_len tokens.
-# eval_len == train_len is the cell's own test score. interval_*: Wilson 95 % interval of the accuracy.
-EXTRAPOLATION_COLUMNS = ("method", "ssm_mode", "variant", "seed", "train_len", "eval_len", "accuracy", "n", "interval_low",
+# eval_len == max_len is the cell's own test score. interval_*: Wilson 95 % interval of the accuracy.
+EXTRAPOLATION_COLUMNS = ("method", "ssm_mode", "variant", "seed", "max_len", "eval_len", "accuracy", "n", "interval_low",
                          "interval_high", "majority_rate")
 
 

@@ -60,7 +60,7 @@ def test_variants_and_extrapolation_end_to_end(env, tmp_path, capsys):
     assert len(by_cell) == 6
     for key, group in by_cell.items():
         assert [int(r["eval_len"]) for r in group] == [64, 128, 256], key
-        assert {int(r["train_len"]) for r in group} == {64}
+        assert {int(r["max_len"]) for r in group} == {64}
         assert len({r["n"] for r in group}) == 1  # the same documents at every eval length
         for r in group:
             acc, low, high = float(r["accuracy"]), float(r["interval_low"]), float(r["interval_high"])
@@ -215,6 +215,12 @@ def test_extrapolation_differences_find_a_planted_difference_and_none_between_tw
         written = rows_of(tmp_path / "p" / "extrapolation_differences.csv")
         row = next(r for r in written if (r["eval_len"], r["a"], r["b"]) == ("128", "blind", "lora"))
         assert row["detected"] == "True" and float(row["ci_high"]) == pytest.approx(planted.high, abs=1e-5)
+        # a file written when the cell's length was called train_len there still reads, as max_len
+        from plots.extrapolation import load_extrapolation
+        path = tmp_path / "p" / "extrapolation.csv"
+        now = load_extrapolation(load_sweep(tmp_path / "p"))
+        path.write_text(path.read_text().replace("max_len", "train_len", 1))
+        assert load_extrapolation(load_sweep(tmp_path / "p")).equals(now)
 
 
 def test_lr_and_tune_grid_keyed_by_a_variant():

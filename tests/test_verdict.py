@@ -93,7 +93,7 @@ def test_c3_counts_only_what_reading_further_adds():
     grown = difference_in_differences(ssm, lora, lora, lora)
     assert grown.diff == pytest.approx(0.10) and grown.low > MARGIN
     sweep = SimpleNamespace(series=["lora", "ssmlora"])
-    key = {"train_len": 512, "eval_len": 2048, "a": "ssmlora", "b": "lora"}
+    key = {"max_len": 512, "eval_len": 2048, "a": "ssmlora", "b": "lora"}
     rows = {r.claim: r for r in verdicts(sweep, {}, [(key, same_lead)])}
     assert rows["C3"].word == "contradicted" and rows["C3"].at == "trained 512, read 2048"
     rows = {r.claim: r for r in verdicts(sweep, {}, [({**key, "a": "lora", "b": "ssmlora"}, grown.flipped())])}
@@ -105,9 +105,9 @@ def test_rows_per_claim_and_control_and_the_table():
     eq, gap = _planted(0.0), _planted(0.10)
     sweep = SimpleNamespace(series=["lora", "ssmlora", "lora-at-ssmlora-lr"])
     trained = {("ssmlora", "lora"): {512: eq, 1024: gap}, ("ssmlora", "lora-at-ssmlora-lr"): {512: eq, 1024: eq}}
-    extrapolated = [({"train_len": 512, "eval_len": 1024, "a": "lora", "b": "ssmlora"}, gap),
-                    ({"train_len": 512, "eval_len": 2048, "a": "lora", "b": "ssmlora"}, eq),
-                    ({"train_len": 512, "eval_len": 4096, "a": "lora", "b": "ssmlora"}, eq)]
+    extrapolated = [({"max_len": 512, "eval_len": 1024, "a": "lora", "b": "ssmlora"}, gap),
+                    ({"max_len": 512, "eval_len": 2048, "a": "lora", "b": "ssmlora"}, eq),
+                    ({"max_len": 512, "eval_len": 4096, "a": "lora", "b": "ssmlora"}, eq)]
     rows = verdicts(sweep, trained, extrapolated)
     assert [(r.claim, r.comparison, r.word) for r in rows] == [
         ("C1", "ssmlora - lora", "contradicted"), ("C2", "ssmlora - lora", "supported"),

@@ -48,21 +48,21 @@ class DataConfig:
 
     NOT_IDENTITY = ("cache_dir",)  # where the data is kept, not what it is
 
-    def eval_lengths_for(self, train_len: int) -> list[int]:
-        """--eval-lengths resolved for a cell trained at `train_len`, ascending, without `train_len` itself.
-        Raises ValueError for an entry that is neither NUMx nor a token count, or one below `train_len`."""
+    def eval_lengths_for(self, max_len: int) -> list[int]:
+        """--eval-lengths resolved for a cell trained at `max_len`, ascending, without `max_len` itself.
+        Raises ValueError for an entry that is neither NUMx nor a token count, or one below `max_len`."""
         out = set()
         for entry in self.eval_lengths:
             text = str(entry).strip().lower()
             try:
-                length = round(float(text[:-1]) * train_len) if text.endswith("x") else int(text)
+                length = round(float(text[:-1]) * max_len) if text.endswith("x") else int(text)
             except ValueError:
                 raise ValueError(f"{entry!r} is neither a multiple of L (2x) nor a length in tokens (8192)") from None
-            if length < train_len:
+            if length < max_len:
                 what = f"{entry} ({length} tokens)" if text.endswith("x") else f"{length} tokens"
-                raise ValueError(f"{what} is below the train length {train_len}: an extrapolation reads further "
+                raise ValueError(f"{what} is below the train length {max_len}: an extrapolation reads further "
                                  f"than training did")
-            if length > train_len:
+            if length > max_len:
                 out.add(length)
         return sorted(out)
 

@@ -46,26 +46,26 @@ def score_longer(cfg, trainer, module, test, scores: dict, tokenizer: str, pad_i
     return rows
 
 
-def same_documents(split, test, train_len: int, length: int):
+def same_documents(split, test, max_len: int, length: int):
     """The rows of `split` (the test split built at `length`) holding the cell's test documents, in their order.
     Raises RuntimeError when a document is missing or its label differs: then the task built other documents."""
     index = {doc: i for i, doc in enumerate(split["doc_id"])}
     missing = [doc for doc in test["doc_id"] if doc not in index]
     if missing:
         raise RuntimeError(f"the test split at {length} tokens lacks {len(missing)} of the documents scored at "
-                           f"{train_len} (e.g. {missing[0]!r}): the task builds other documents per length")
+                           f"{max_len} (e.g. {missing[0]!r}): the task builds other documents per length")
     longer = split.select([index[doc] for doc in test["doc_id"]])
     moved = [doc for doc, a, b in zip(test["doc_id"], test["label"], longer["label"]) if a != b]
     if moved:
-        raise RuntimeError(f"document {moved[0]!r} has another label at {length} tokens than at {train_len}: the "
+        raise RuntimeError(f"document {moved[0]!r} has another label at {length} tokens than at {max_len}: the "
                            f"task built other documents under the same ids")
     return longer
 
 
-def _row(train_len: int, eval_len: int, accuracy: float, n: int, majority: float) -> dict:
+def _row(max_len: int, eval_len: int, accuracy: float, n: int, majority: float) -> dict:
     correct = round(accuracy * n)  # the metric is a float32 mean of n 0/1 outcomes
     low, high = wilson_interval(correct, n)
-    return {"train_len": train_len, "eval_len": eval_len, "accuracy": correct / n if n else accuracy, "n": n,
+    return {"max_len": max_len, "eval_len": eval_len, "accuracy": correct / n if n else accuracy, "n": n,
             "interval_low": low,
             "interval_high": high, "majority_rate": majority}
 
