@@ -16,6 +16,7 @@ from plots.figures import (ACCURACY, LENGTH_LABEL, PEAK_MEMORY, REAL_TOKENS, STE
                            draw_series, seed_count_label)
 from plots.style import (FAILURE_BAND, draw_failures, failure_legend_handles, figure_title, keep_top_band_free,
                          new_figure, outside_legend, save_figure, series_offset, style_axes)
+from results import write_atomically
 
 SWEEP_STYLES = (("-", "o"), ("--", "s"))
 COMPARED_METRICS = {"accuracy_vs_length": ACCURACY, "peak_memory_vs_length": PEAK_MEMORY,
@@ -30,9 +31,7 @@ def compare_sweeps(sweep_a: str | Path, sweep_b: str | Path, out_dir: str | Path
     written: list[Path] = []
     for name, spec in COMPARED_METRICS.items():
         written += save_figure(overlay_figure(sweeps, labels, spec), out / "plots", name)
-    report = out / "compare.md"
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(render_comparison(sweeps, labels, list(COMPARED_METRICS)))
+    report = write_atomically(out / "compare.md", render_comparison(sweeps, labels, list(COMPARED_METRICS)))
     return written + [report]
 
 

@@ -18,6 +18,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import (FixedLocator, FuncFormatter, LogLocator, NullFormatter,  # noqa: E402
                                NullLocator)
 
+from results import write_atomically  # noqa: E402
+
 FIGURE_SIZE_IN = (8.0, 4.5)
 DPI = 120
 FIGURE_SIZE_PX = (int(FIGURE_SIZE_IN[0] * DPI), int(FIGURE_SIZE_IN[1] * DPI))  # (width, height)
@@ -170,9 +172,8 @@ def figure_title(fig, what: str, about: str) -> None:
 
 def save_figure(fig, out_dir: Path, name: str) -> list[Path]:
     """Write ``name``.png and ``name``.svg into ``out_dir`` at the fixed size; close the figure."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg"]
     for path in paths:
-        fig.savefig(path, dpi=DPI)
+        write_atomically(path, lambda tmp, kind=path.suffix[1:]: fig.savefig(tmp, dpi=DPI, format=kind))
     plt.close(fig)
     return paths

@@ -37,7 +37,7 @@ from ssmlora.lab.progress import StepProgressBar
 from ssmlora.lab.runtime import RuntimeConfig, batch_plan, is_rank_zero, quiet_libraries
 from ssmlora.lab.trainer import make_trainer, reduce_cell_figures, total_steps
 from ssmlora.serialization import load_adapters, save_adapters, ssm_state_snapshot
-from results import PROBE_PREDICTIONS_FILE, cell_tag
+from results import PROBE_PREDICTIONS_FILE, cell_tag, write_atomically
 
 
 @dataclass
@@ -370,7 +370,7 @@ def run_cell_safely(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str
         status = f"failed: {type(err).__name__}: {first}"
         detail = traceback.format_exc()
     rank = int(os.environ.get("RANK", "0") or 0)  # under DDP every rank that fails leaves its own report
-    (cell_dir / ("error.txt" if rank == 0 else f"error-rank{rank}.txt")).write_text(detail)
+    write_atomically(cell_dir / ("error.txt" if rank == 0 else f"error-rank{rank}.txt"), detail)
     return {"status": status, "wall_s": time.perf_counter() - start}
 
 
