@@ -25,7 +25,8 @@ A bound of a 95 % interval is a one-sided test at 2.5 %. The claims:
   (SSMLoRA - LoRA read long) - (SSMLoRA - LoRA at the training length), so a lead SSMLoRA already had where it
   trained is not counted as gained by reading further.
 
-A claim with no point reads **not measured**. Each row also gives the smallest difference the run could detect
+Every SSMLoRA entry of the sweep (`ssmlora`, or each reading `ssmlora:<mode>`) gets its own rows. A claim with no
+point reads **not measured**. Each row also gives the smallest difference the run could detect
 (80 % power for the first step of Holm over the row's m points, from the interval's width). With a control in the
 sweep, its comparison gets a row of its own: C1 against the parameter-matched LoRA, C2 and C3 against LoRA at
 SSMLoRA's rate.
@@ -139,29 +140,34 @@ def judge(claim: str, points: dict[str, PairedDifference]) -> tuple[str, str, st
 def verdicts(sweep: Sweep, trained: dict, extrapolated: list) -> list[Verdict]:
     """Every row of the table. `trained`: plots.differences.differences(sweep); `extrapolated`:
     plots.extrapolation.effects(sweep) (the differences in differences)."""
-    ssm = next((s for s in sweep.series if s == "ssmlora"), None)
+    entries = [s for s in sweep.series if s == "ssmlora" or s.startswith("ssmlora:")]  # every SSMLoRA reading
+    matched = getattr(sweep, "matched", {})
     rows = []
     for claim, other in COMPARISONS:
-        if ssm is None or other not in sweep.series:
-            continue
-        comparison = f"{ssm} - {other}"
-        if claim == "C3":
-            points = {f"trained {k['max_len']}, read {k['eval_len']}": d if k["a"] == ssm else d.flipped()
-                      for k, d in extrapolated if {k["a"], k["b"]} == {ssm, other}}
-        else:
-            by_length = trained.get((ssm, other)) or {}
-            lengths = sorted(by_length)
-            if claim == "C2" and len(lengths) > 1:
-                lengths = lengths[1:]
-            points = {f"L={n}": by_length[n] for n in lengths}
-        if not points:
-            why = ("no read beyond the training length (--eval-lengths) for this pair" if claim == "C3"
-                   else "no paired test predictions")
-            rows.append(Verdict(claim, comparison, None, "", "not measured", why, 0))
-            continue
-        word, why, at = judge(claim, points)
-        rows.append(Verdict(claim, comparison, points[at], at, word, why, len(points)))
+        for ssm in entries:
+            if other in sweep.series and (other == "lora" or matched.get(other, "ssmlora") == ssm):
+                rows.append(verdict_row(claim, ssm, other, trained, extrapolated))
     return rows
+
+
+def verdict_row(claim: str, ssm: str, other: str, trained: dict, extrapolated: list) -> Verdict:
+    """One claim for one SSMLoRA entry against one LoRA-side entry (a control: only against its counterpart)."""
+    comparison = f"{ssm} - {other}"
+    if claim == "C3":
+        points = {f"trained {k['max_len']}, read {k['eval_len']}": d if k["a"] == ssm else d.flipped()
+                  for k, d in extrapolated if {k["a"], k["b"]} == {ssm, other}}
+    else:
+        by_length = trained.get((ssm, other)) or {}
+        lengths = sorted(by_length)
+        if claim == "C2" and len(lengths) > 1:
+            lengths = lengths[1:]
+        points = {f"L={n}": by_length[n] for n in lengths}
+    if not points:
+        why = ("no read beyond the training length (--eval-lengths) for this pair" if claim == "C3"
+               else "no paired test predictions")
+        return Verdict(claim, comparison, None, "", "not measured", why, 0)
+    word, why, at = judge(claim, points)
+    return Verdict(claim, comparison, points[at], at, word, why, len(points))
 
 
 def table_lines(rows: list[Verdict], parameter_ratio: str) -> list[str]:

@@ -153,3 +153,18 @@ def test_the_report_opens_with_the_verdict_table(tmp_path):
     assert [r.split("|")[1].strip()[:2] for r in rows] == ["C1", "C2", "C3"]
     assert all("**not measured**" in r for r in rows)
     assert "sign-flip p, Holm-corrected over the points of the row" in report.split("## Summary")[0]
+
+
+def test_every_ssmlora_reading_gets_its_rows():
+    """A sweep of ssmlora:depth and ssmlora:scan (no plain ssmlora) is judged per reading, not left empty; a
+    control is compared only with the entry it is matched to."""
+    gap = _planted(0.10)
+    sweep = SimpleNamespace(series=["lora", "ssmlora:depth", "ssmlora:scan", "lora-at-ssmlora-lr"],
+                            matched={"lora-at-ssmlora-lr": "ssmlora:depth"})
+    key = {"max_len": 512, "eval_len": 2048, "b": "lora"}
+    rows = verdicts(sweep, {}, [({**key, "a": "ssmlora:depth"}, gap), ({**key, "a": "ssmlora:scan"}, gap)])
+    assert [(r.claim, r.comparison) for r in rows] == [
+        ("C1", "ssmlora:depth - lora"), ("C1", "ssmlora:scan - lora"), ("C2", "ssmlora:depth - lora"),
+        ("C2", "ssmlora:scan - lora"), ("C2", "ssmlora:depth - lora-at-ssmlora-lr"), ("C3", "ssmlora:depth - lora"),
+        ("C3", "ssmlora:scan - lora"), ("C3", "ssmlora:depth - lora-at-ssmlora-lr")]
+    assert [r.word for r in rows if r.claim == "C3"] == ["supported", "supported", "not measured"]
