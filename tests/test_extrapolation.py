@@ -8,10 +8,10 @@ import csv
 import pytest
 
 from plots.extrapolation import DIFFERENCE_COLUMNS
+from results import EXTRAPOLATION_COLUMNS, wilson_interval
 from ssmlora.arch import FAMILIES, Family
 from ssmlora.lab.backbone import save_tiny_backbone
 from ssmlora.lab.data import DataConfig
-from results import EXTRAPOLATION_COLUMNS, wilson_interval
 from tiny_models import tiny_sweep_env
 
 SIZES = {"n_train": 16, "n_validation": 4, "n_test": 8}

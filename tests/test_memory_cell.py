@@ -9,10 +9,10 @@ import json
 import pytest
 import torch
 
+from results import FRONTIER_COLUMNS
 from ssmlora import AdapterConfig, inject_adapters
 from ssmlora.lab.backbone import load_backbone, save_tiny_backbone
 from ssmlora.lab.memory import activation_scaling, fit_exponent
-from results import FRONTIER_COLUMNS
 from ssmlora.sweep.config import SweepConfig
 from ssmlora.sweep.launch import run_cell_in_process
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ssmlora.lab.backbone import save_tiny_backbone
 from results import COLUMN_NAMES, SCHEMA_VERSION
+from ssmlora.lab.backbone import save_tiny_backbone
 from ssmlora.sweep.launch import run_cell_in_process
 from ssmlora.sweep.config import SweepConfig
 from tiny_models import tiny_sweep_env

@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import CSVLogger
 from transformers import AutoTokenizer
 
 from data_prep import majority_rate
+from results import PROBE_PREDICTIONS_FILE, cell_tag, write_atomically
 from ssmlora.config import AdapterConfig
 from ssmlora.inject import count_parameters, enable_gradient_checkpointing, inject_adapters
 from ssmlora.lab.backbone import ModelConfig, load_backbone, resolve_model_path
@@ -37,7 +38,6 @@ from ssmlora.lab.progress import StepProgressBar
 from ssmlora.lab.runtime import RuntimeConfig, batch_plan, is_rank_zero, quiet_libraries
 from ssmlora.lab.trainer import make_trainer, reduce_cell_figures, total_steps
 from ssmlora.serialization import load_adapters, save_adapters, ssm_state_snapshot
-from results import PROBE_PREDICTIONS_FILE, cell_tag, write_atomically
 
 
 @dataclass

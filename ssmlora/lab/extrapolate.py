@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_prep import majority_rate
+from results import wilson_interval
 from ssmlora.lab.data import TaskDataModule, task_data
 from ssmlora.lab.predictions import doc_ids, gather_predictions, predictions_file, write_predictions
-from results import wilson_interval
 
 
 def longest_length(cfg) -> int:

@@ -27,11 +27,11 @@ from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from results import write_atomically
 from ssmlora.arch import family_of, find_head
 from ssmlora.inject import reset_ssm_state
 from ssmlora.lab.data import BucketBatchSampler, PadCollator
 from ssmlora.lora import AdapterLinear
-from results import write_atomically
 
 
 def head_linear(model: nn.Module) -> nn.Linear:

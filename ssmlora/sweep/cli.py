@@ -17,6 +17,7 @@ from plots import make_report
 from plots.learning_curve import learning_curve_figure, load_curves
 from plots.report import tuning_lines
 from plots.style import save_figure
+from results import SweepFolder
 from ssmlora.config import ConfigValueError
 from ssmlora.lab.memory import parse_size
 from ssmlora.lab.runtime import is_rank_zero
@@ -25,7 +26,6 @@ from ssmlora.sweep.config import GRID, SweepConfig, flat_fields, section_type
 from ssmlora.sweep.runner import any_failed, results_table, run_sweep
 from ssmlora.sweep.tune import TuningError
 from ssmlora.sweep.validate import SweepError, flag, validate, value_error
-from results import SweepFolder
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 
 from data_prep import MAX_EXTENDED_LEN
+from results import FRONTIER_COLUMNS, SweepFolder, csv_text, write_atomically
 from ssmlora.inject import enable_gradient_checkpointing, inject_adapters
 from ssmlora.lab.backbone import check_backbone, load_backbone
 from ssmlora.lab.frontier import FRONTIER_MMAP_THRESHOLD, cuda_budget, frontier_point
 from ssmlora.lab.memory import MiB, configure_allocator_for_measurement, memory_decomposition
 from ssmlora.sweep.variants import MethodVariant
-from results import FRONTIER_COLUMNS, SweepFolder, csv_text, write_atomically
 from ssmlora.sweep.config import SweepConfig
 from ssmlora.sweep.validate import SweepError, validate
 

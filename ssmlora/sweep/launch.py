@@ -16,10 +16,10 @@ import signal
 import time
 from pathlib import Path
 
+from results import RESULT_FILE, write_atomically
 from ssmlora.lab.cell import CellConfig
 from ssmlora.lab.runtime import RuntimeConfig
 from ssmlora.sweep.child import run_child, run_prep_child
-from results import RESULT_FILE, write_atomically
 
 
 def _free_port() -> int:

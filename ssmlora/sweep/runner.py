@@ -25,6 +25,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from results import (CELL_KEY, SCHEMA_VERSION, SweepFolder, cell_key, read_results, update_results,
+                     write_atomically, write_extrapolation)
+from results.claims import claim_cell, describe_holder
 from ssmlora.lab.cell import CellConfig, run_cell_safely
 from ssmlora.lab.runtime import batch_plan, environment, is_rank_zero
 from ssmlora.sweep.variants import MethodVariant
@@ -32,9 +35,6 @@ from ssmlora.sweep.config import GRID, SweepConfig
 from ssmlora.sweep.launch import prepare_in_process, run_cell_in_process
 from ssmlora.sweep.tune import apply_choice, run_tuning
 from ssmlora.sweep.validate import validate
-from results import (CELL_KEY, SCHEMA_VERSION, SweepFolder, cell_key, read_results, update_results,
-                     write_atomically, write_extrapolation)
-from results.claims import claim_cell, describe_holder
 
 
 def config_json(cfg: SweepConfig, name: str, old: dict | None = None, tuning: dict | None = None,

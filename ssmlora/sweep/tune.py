@@ -23,13 +23,13 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+from results import RESULT_FILE, SweepFolder, write_atomically
+from results import trial_tag as trial_folder_name
 from ssmlora.lab.cell import CellConfig, run_cell_safely
 from ssmlora.lab.runtime import is_rank_zero
 from ssmlora.sweep.variants import MethodVariant
 from ssmlora.sweep.config import SweepConfig
 from ssmlora.sweep.launch import run_cell_in_process
-from results import RESULT_FILE, SweepFolder, write_atomically
-from results import trial_tag as trial_folder_name
 
 
 class TuningError(RuntimeError):

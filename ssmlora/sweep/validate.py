@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 
 from data_prep import MAX_EXTENDED_LEN, MIN_LEN, HubUnavailableError, check_hub, get_task, resolve_model_path
+from results import SCHEMA_VERSION, ResultsFormatError, SweepFolder, read_results, repair_results
 from ssmlora.arch import scan_direction
 from ssmlora.config import ConfigValueError, check_value
 from ssmlora.lab.backbone import BackboneError, check_backbone
 from ssmlora.lab.data import is_cached
 from ssmlora.lab.runtime import external_launcher
 from ssmlora.methods import get_method
-from results import SCHEMA_VERSION, ResultsFormatError, SweepFolder, read_results, repair_results
 from ssmlora.sweep.config import GRID, SECTIONS, TUNE_KNOBS, SweepConfig, flat_fields
 
 LONGEST_FILE = "adapter/adapter_model.safetensors"  # the deepest path a cell writes below its folder
