@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import CSVLogger
 from transformers import AutoTokenizer
 
 from data_prep import majority_rate
-from results import PROBE_PREDICTIONS_FILE, cell_tag, write_atomically
+from results import PROBE_PREDICTIONS_FILE, cell_tag, predictions_file, write_atomically
 from ssmlora.config import AdapterConfig
 from ssmlora.inject import count_parameters, enable_gradient_checkpointing, inject_adapters
 from ssmlora.lab.backbone import ModelConfig, load_backbone, resolve_model_path
@@ -31,7 +31,7 @@ from ssmlora.lab.cell_memory import (EVAL_BATCHES, MEMORY_STEPS, count_memory, m
 from ssmlora.lab.forked import run_forked
 from ssmlora.lab.memory import PhaseMeter, configure_allocator_for_measurement
 from ssmlora.lab.module import AdapterClassifier, OptimConfig
-from ssmlora.lab.predictions import doc_ids, gather_predictions, predictions_file, write_predictions
+from ssmlora.lab.predictions import doc_ids, gather_predictions, write_predictions
 from ssmlora.lab.probe import init_head_from_probe, probe_predictions
 from ssmlora.lab.profilers import ThroughputCallback
 from ssmlora.lab.progress import StepProgressBar

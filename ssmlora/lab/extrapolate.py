@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_prep import majority_rate
-from results import wilson_interval
+from results import predictions_file, wilson_interval
 from ssmlora.lab.data import TaskDataModule, task_data
-from ssmlora.lab.predictions import doc_ids, gather_predictions, predictions_file, write_predictions
+from ssmlora.lab.predictions import doc_ids, gather_predictions, write_predictions
 
 
 def longest_length(cfg) -> int:
@@ -31,7 +31,6 @@ def score_longer(cfg, trainer, module, test, scores: dict, tokenizer: str, pad_i
     per-document outcomes global rank 0 writes to `cell_dir / predictions-L<eval>.csv`."""
     majority = majority_rate(test)
     rows = [_row(cfg.max_len, cfg.max_len, scores["test_acc"], int(scores["test_n"]), majority)]
-    wanted = list(test["doc_id"])
     for length in cfg.data.eval_lengths_for(cfg.max_len):
         data = task_data(cfg.data, length, tokenizer)  # DATA_SEED: a doc_id names a position in a split
         longer = same_documents(data["test"], test, cfg.max_len, length)

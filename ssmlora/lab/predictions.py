@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from results import csv_text, predictions_file, write_atomically  # noqa: F401 (predictions_file re-exported)
+from results import csv_text, write_atomically
 
 PREDICTION_COLUMNS = ("doc_id", "label", "prediction", "p_pred", "p_true")
 
