@@ -53,6 +53,19 @@ def run_prep_child(cfg_blob: bytes, seeds: list[int], probe_dir: str, out: str, 
     write_atomically(out, json.dumps(result))
 
 
+def run_calibration_child(settings: dict, out: str, parent: int) -> None:
+    """Time the sweep's backbone for the estimate (ssmlora.sweep.estimate) and leave the seconds, or the error,
+    in the JSON file `out`."""
+    exit_when_orphaned(parent)
+    try:
+        from ssmlora.sweep.estimate import time_forwards
+
+        result = {"seconds": time_forwards(**settings)}
+    except Exception as err:  # noqa: BLE001 - reported to the sweep, which goes on without an estimate
+        result = {"error": str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__}
+    write_atomically(out, json.dumps(result))
+
+
 def exit_when_orphaned(parent: int, poll_s: float = 2.0) -> None:
     """End this cell process as soon as the sweep that started it (pid `parent`, given by the sweep, since the
     sweep may already be gone when this starts) is gone: nobody would read its result, and it would hold the

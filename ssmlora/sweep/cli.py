@@ -23,7 +23,9 @@ from ssmlora.lab.memory import parse_size
 from ssmlora.lab.runtime import is_rank_zero
 from ssmlora.sweep.variants import VariantError
 from ssmlora.sweep.config import GRID, SweepConfig, flat_fields, section_type
-from ssmlora.sweep.runner import any_failed, results_table, run_sweep
+from ssmlora.sweep.estimate import calibrate, clock, estimate, table
+from ssmlora.sweep.presets import DEFAULT_PRESET, PRESETS, get_preset
+from ssmlora.sweep.runner import any_failed, pending_cells, results_table, run_sweep, stop_on_sigterm
 from ssmlora.sweep.tune import TuningError
 from ssmlora.sweep.validate import SweepError, flag, validate, value_error
 
@@ -144,7 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "frontier.csv into the sweep folder (docs/sweep.md)")
     p.add_argument("--mem-budget", type=_size, default=None, metavar="SIZE",
                    help="memory budget of --frontier, binary units: 8GiB, 8GB, 8 GiB, 8192MiB, 8g")
-    p.add_argument("--dry-run", action="store_true", help="validate everything and list the cells, train nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate everything, print the cell count and the estimated minutes per entry and length, "
+                        "train nothing")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
+                   help="named defaults of the grid, under any flag given: "
+                        + "; ".join(f"{p.name}: {p.purpose}" for p in PRESETS.values()))
     top = typing.get_type_hints(SweepConfig)
     for name in GRID:
         if name != "lengths":
@@ -179,18 +186,62 @@ def config_from_args(args) -> SweepConfig:
         raise SweepError(str(err)) from None
 
 
+def parse_args(argv: list[str] | None = None, preset: str | None = None) -> argparse.Namespace:
+    """The command line over the defaults of its --preset (or of `preset`, which overrides it)."""
+    parser = build_parser()
+    chosen = preset or parser.parse_known_args(argv)[0].preset
+    parser.set_defaults(**get_preset(chosen).settings)
+    args = parser.parse_args(argv)
+    args.preset = chosen
+    return args
+
+
+def plan_run(cfg: SweepConfig, folder, args, argv: list[str] | None) -> tuple[dict, list[str]]:
+    """Before any cell: calibrate here, estimate what is left to run; return config.json's "plan" and the lines
+    the console opens with (the preset, cell count and estimate; on a CUDA device under a smaller preset, what
+    `--preset full` would add). A calibration that fails (a model whose weights do not load) leaves the run
+    without an estimate, said on the first line; the cells then record their own failures."""
+    preset = get_preset(args.preset)
+    pending = pending_cells(cfg, folder, args.retry_failed)
+    total = len(cfg.cells())
+    plan = {"preset": preset.name, "purpose": preset.purpose, "settings": preset.settings, "cells": total,
+            "to_run": len(pending)}
+    head = f"preset {preset.name}: {total} cells, {len(pending)} to run"
+    first = cfg.cell(cfg.variants[0], min(cfg.lengths), cfg.seeds[0])
+    try:
+        cal = calibrate(first, [L for c in cfg.cells() for L in (c.max_len, *cfg.data.eval_lengths_for(c.max_len))])
+    except Exception as err:  # noqa: BLE001 - the estimate is advice; the run goes on without it
+        return plan, [f"{head}, no estimate (the calibration failed: {str(err)[:160]})"]
+    est = estimate(pending, cfg.seeds, cal, prepares=not args.in_process)
+    plan["estimate"] = est.record()
+    lines = [f"{head}, estimated {clock(est.total_s)} on this machine (cost model calibrated here: "
+             f"{cal.describe()}; docs/sweep.md#presets-and-the-estimate)"]
+    if cal.device == "gpu" and preset.name != "full":
+        full = config_from_args(parse_args(argv, "full"))
+        extra = [c for c in full.cells() if c.tag() not in {d.tag() for d in cfg.cells()}]
+        more = estimate(extra, full.seeds, cal)
+        lines.append(f"this machine has a CUDA device: --preset full would add {len(extra)} cells (every entry "
+                     f"trained at every length; C2 needs them), about {clock(more.total_s)} here")
+    if args.dry_run:
+        lines.append(table(cfg, estimate(cfg.cells(), cfg.seeds, cal, not args.in_process)))
+    return plan, lines
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         cfg = config_from_args(args)
         if args.frontier or args.mem_budget is not None:
             return frontier_main(cfg, args)
+        folder = validate(cfg, args.out, args.name, args.in_process, repair=args.repair)
+        stop_on_sigterm(args.in_process)
+        plan, lines = plan_run(cfg, folder, args, argv)
+        print("\n".join(lines), flush=True)
         if args.dry_run:
-            folder = validate(cfg, args.out, args.name, args.in_process, repair=args.repair)
-            print(f"{len(cfg.cells())} cells into {folder}: " + ", ".join(c.tag() for c in cfg.cells()))
+            print(f"sweep folder: {folder}")
             return 0
         folder, rows = run_sweep(cfg, out=args.out, name=args.name, retry_failed=args.retry_failed,
-                                 in_process=args.in_process, repair=args.repair)
+                                 in_process=args.in_process, repair=args.repair, plan=plan)
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

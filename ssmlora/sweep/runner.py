@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from results import (CELL_KEY, SCHEMA_VERSION, SweepFolder, cell_key, read_results, update_results,
+from results import (CELL_KEY, RESULT_FILE, SCHEMA_VERSION, SweepFolder, cell_key, read_results, update_results,
                      write_atomically, write_extrapolation)
 from results.claims import claim_cell, describe_holder
 from ssmlora.lab.cell import CellConfig, run_cell_safely
@@ -33,12 +33,12 @@ from ssmlora.lab.runtime import batch_plan, environment, is_rank_zero
 from ssmlora.sweep.variants import MethodVariant
 from ssmlora.sweep.config import GRID, SweepConfig
 from ssmlora.sweep.launch import prepare_in_process, run_cell_in_process
-from ssmlora.sweep.tune import apply_choice, run_tuning
+from ssmlora.sweep.tune import apply_choice, run_tuning, trial_cells, trial_tag
 from ssmlora.sweep.validate import validate
 
 
 def config_json(cfg: SweepConfig, name: str, old: dict | None = None, tuning: dict | None = None,
-                prep: dict | None = None) -> dict:
+                prep: dict | None = None, plan: dict | None = None) -> dict:
     """config.json: what plots read first (name, task, model, grid), then the tree once, the values resolved on
     this machine, the tuning and preparation steps, the identity that a resume must match, and the
     environment."""
@@ -64,6 +64,7 @@ def config_json(cfg: SweepConfig, name: str, old: dict | None = None, tuning: di
                            for L in grid["lengths"]},
         },
         "tuning": tuning,  # --tune: the validation trials and the values they selected
+        "plan": plan or (old or {}).get("plan"),  # the preset and the estimate made before the cells
         "prep": prep or {},  # per length: the shared preparation step's time and memory (ssmlora.lab.prep)
         "identity": cfg.identity(),
         "identity_hash": cfg.identity_hash(),
@@ -134,9 +135,10 @@ def _clock(seconds: float) -> str:
 
 def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name: str | None = None,
               retry_failed: bool = False, in_process: bool = False, repair: bool = False,
-              log=print) -> tuple[Path, list[dict]]:
+              log=print, plan: dict | None = None) -> tuple[Path, list[dict]]:
     """Validate, then run every cell that has no row yet; return (folder, every row of the folder).
 
+    `plan`: the preset and the estimate the command line made before it (config.json's "plan").
     Several processes may run one sweep into one folder (N workers of one grid, or an accident): each cell is
     claimed by one process (results.claims) and the others move on to the next; each finished row is merged into
     results.csv under a lock (results.update_results), so no process drops another's rows.
@@ -149,18 +151,15 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name:
     res_path = paths.results
     old_cfg = json.loads(paths.config.read_text()) if paths.config.exists() else {}
     prep = dict(old_cfg.get("prep") or {})
-    _write_config(cfg, folder, old_cfg, prep=prep)
+    _write_config(cfg, folder, old_cfg, prep=prep, plan=plan)
 
-    if not in_process and threading.current_thread() is threading.main_thread():
-        # `kill <pid>` (SIGTERM) stops the sweep the way Ctrl-C does: the running cell's processes are ended
-        # with it and every finished row is already on disk.
-        signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm(in_process)
     # Ranks started by torchrun / srun must all take the same cells, so only a sweep of one process claims.
     claims = not (in_process and cfg.runtime.world_size > 1)
     tuning = None
     if cfg.tune.tune:  # selection first, on validation only; the sweep's cells then run with the chosen values
         tuning = run_tuning(cfg, folder, in_process, log)
-        _write_config(cfg, folder, old_cfg, tuning, prep)
+        _write_config(cfg, folder, old_cfg, tuning, prep, plan)
         if cfg.tune.tune_only:  # selection alone: the test split is never opened
             return folder, []
     cells = apply_choice(cfg, cfg.cells(), tuning)
@@ -186,7 +185,7 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name:
             if not in_process and cell.max_len not in prepared:
                 prepared.add(cell.max_len)
                 prep[str(cell.max_len)] = prepare_in_process(cell, cfg.seeds, paths.probe)
-                _write_config(cfg, folder, old_cfg, tuning, prep)
+                _write_config(cfg, folder, old_cfg, tuning, prep, plan)
                 progress.prepared(cell.max_len, prep[str(cell.max_len)])
             progress.begin(i, cell)
             cell_dir = paths.cell(cell.tag())
@@ -203,6 +202,18 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name:
         write_extrapolation(paths.extrapolation, extrapolation_rows(cfg, folder))
     rows = read_results(res_path, sweep_hash=sweep_hash) if res_path.exists() else []
     return folder, rows
+
+
+def pending_cells(cfg: SweepConfig, folder: Path, retry_failed: bool = False) -> list[CellConfig]:
+    """The cells a run of `cfg` into `folder` would run now: tuning trials without a result, then every grid
+    cell without a row (what the estimate before the sweep counts)."""
+    paths = SweepFolder(folder)
+    trials = [c for c in trial_cells(cfg) if not (paths.trial(trial_tag(c)) / RESULT_FILE).exists()
+              ] if cfg.tune.tune else []
+    if cfg.tune.tune_only:
+        return trials
+    done = _finished(paths.results, cfg.identity_hash(), retry_failed)
+    return trials + [c for c in cfg.cells() if row_key(cfg, c) not in done]
 
 
 def _keep_extrapolation(cfg: SweepConfig, cell: CellConfig, cell_dir: Path, result: dict) -> None:
@@ -228,10 +239,10 @@ def extrapolation_rows(cfg: SweepConfig, folder: Path) -> list[dict]:
 
 
 def _write_config(cfg: SweepConfig, folder: Path, old_cfg: dict, tuning: dict | None = None,
-                  prep: dict | None = None) -> None:
+                  prep: dict | None = None, plan: dict | None = None) -> None:
     if is_rank_zero():
         write_atomically(SweepFolder(folder).config,
-                         json.dumps(config_json(cfg, folder.name, old_cfg, tuning, prep), indent=2, default=str))
+                         json.dumps(config_json(cfg, folder.name, old_cfg, tuning, prep, plan), indent=2, default=str))
 
 
 def _finished(res_path: Path, sweep_hash: str, retry_failed: bool) -> dict[tuple, dict]:
@@ -250,6 +261,14 @@ def _record(res_path: Path, row: dict, sweep_hash: str) -> dict:
                "status": f"failed: invalid result row: {str(err).splitlines()[0][:160]}", "wall_s": row.get("wall_s")}
         update_results(res_path, [row], sweep_hash=sweep_hash)
     return row
+
+
+def stop_on_sigterm(in_process: bool) -> None:
+    """`kill <pid>` (SIGTERM) stops the sweep the way Ctrl-C does: the running cell's (or calibration's or
+    preparation's) process is ended with it and every finished row is already on disk. Not under an external
+    launcher (`--in-process`), which owns the signals."""
+    if not in_process and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _interrupt(signum, frame) -> None:
