@@ -33,11 +33,21 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 
 @dataclass
 class Sweep:
-    """One sweep: its folder, configuration and results table (one row per method x length x seed)."""
+    """One sweep: its folder, configuration and results table (one row per method x length x seed of its
+    accuracy cells), and the rows of its cost cells apart (`cost_table`; `costs()` is the view the cost figures
+    read)."""
 
     path: Path
     config: dict
     table: pd.DataFrame = field(repr=False)
+    cost_table: pd.DataFrame | None = field(default=None, repr=False)
+
+    def costs(self) -> Sweep:
+        """The sweep as its cost figures read it: its cost cells when it ran any (every method at every length,
+        one seed, measured alike), else its accuracy cells, whose rows hold the same cost columns."""
+        if self.cost_table is None or self.cost_table.empty:
+            return self
+        return Sweep(path=self.path, config=self.config, table=self.cost_table)
 
     @property
     def name(self) -> str:
@@ -107,7 +117,12 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     results contract, with its line) or SweepError (empty file, no rows), each with a one-line message.
     """
     path, rows, config = read_sweep_files(sweep_dir)
-    return Sweep(path=path, config=config, table=results_frame(rows))
+    table = results_frame(rows)
+    cost = table["role"] == "cost"
+    if cost.all():
+        raise SweepError(f"{path}: results.csv holds cost cells only: no accuracy cell has run yet")
+    return Sweep(path=path, config=config, table=table[~cost].reset_index(drop=True),
+                 cost_table=table[cost].reset_index(drop=True))
 
 
 def results_frame(rows: list[dict[str, str]]) -> pd.DataFrame:

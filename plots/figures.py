@@ -159,8 +159,10 @@ def memory_vs_length(sweep: Sweep):
     gradients + optimizer state as a flat band. Right: the training step's parts at each L, stacked per method.
 
     Every value comes from one column per part (activations_mb_per_seq, weights_*_mb, grads_mb, optimizer_mb,
-    activations_mb, unexplained_mb), so the panels compare like with like across methods.
+    activations_mb, unexplained_mb), so the panels compare like with like across methods; from the cost cells
+    when the sweep ran them (`Sweep.costs`).
     """
+    sweep = sweep.costs()
     fig, (left, right) = new_figure(ncols=2)
     order = sweep.series
     for index, series in enumerate(order):
@@ -215,11 +217,11 @@ def draw_decomposition(ax, sweep: Sweep) -> None:
 
 
 def tokens_per_s_vs_length(sweep: Sweep):
-    return plot_metric_vs_length(sweep, REAL_TOKENS)
+    return plot_metric_vs_length(sweep.costs(), REAL_TOKENS)
 
 
 def step_time_vs_length(sweep: Sweep):
-    return plot_metric_vs_length(sweep, STEP_TIME)
+    return plot_metric_vs_length(sweep.costs(), STEP_TIME)
 
 
 def accuracy_vs_cost(sweep: Sweep):

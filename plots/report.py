@@ -96,7 +96,8 @@ def render_report(sweep: Sweep, figure_names: list[str]) -> str:
               "at the effective number of documents, whose variance counts both seeds and documents, at every "
               "seed count); the seed spread is its standard deviation over the seeds and "
               "their range. `probe` is the linear-probe head alone on the frozen model "
-              "(same documents). Costs are means over successful seeds.", "", *results_table(sweep), ""]
+              "(same documents). Costs are means over successful seeds.", "", *results_table(sweep), "",
+              *cost_table(sweep)]
     lines += extrapolation.report_lines(sweep)
     failures = failure_summary(sweep)
     if len(failures):
@@ -115,22 +116,27 @@ def summary_lines(sweep: Sweep) -> list[str]:
     kinds = sweep.table["status_kind"].value_counts()
     lines = [f"{len(sweep.table)} cells: {kinds.get('ok', 0)} ok, {kinds.get('oom', 0)} out of memory, "
              f"{kinds.get('failed', 0)} failed."]
+    costs = sweep.costs()
+    if costs is not sweep:
+        cost_kinds = costs.table["status_kind"].value_counts()
+        lines.append(f"{len(costs.table)} cost cells (the cost figures and ratios below are theirs): "
+                     f"{cost_kinds.get('ok', 0)} ok, {len(costs.table) - cost_kinds.get('ok', 0)} not.")
     if kinds.get("ok", 0) == 0:
         lines.append("No cell succeeded, so no accuracy or cost is reported; see the failed cells below.")
         return lines
     lines += reach_lines(sweep)
     exponents = []
-    for series in sweep.series:
-        stats = series_stats(sweep, series, "activations_mb_per_seq")
+    for series in costs.series:
+        stats = series_stats(costs, series, "activations_mb_per_seq")
         b = scaling_exponent([s.length for s in stats], [s.mean for s in stats])
         if not math.isnan(b):
             exponents.append(f"{series} L^{b:.2f}")
     if exponents:
         lines.append("Activation memory per sequence (`activations_mb_per_seq`, counted) grew as "
                      + ", ".join(exponents) + " (least-squares fit on log-log means).")
-    for series in sweep.series:
-        if series != REFERENCE_METHOD and REFERENCE_METHOD in sweep.series and series != "frozen":
-            lines += comparison_lines(sweep, series, REFERENCE_METHOD)
+    for series in costs.series:
+        if series != REFERENCE_METHOD and REFERENCE_METHOD in costs.series and series != "frozen":
+            lines += comparison_lines(costs, series, REFERENCE_METHOD)
     return lines
 
 
@@ -303,6 +309,24 @@ def results_table(sweep: Sweep) -> list[str]:
                  _number(group["adapter_params"].median(), ".0f"), _number(group["head_params"].median(), ".0f")]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def cost_table(sweep: Sweep) -> list[str]:
+    """Markdown table of the cost cells, one row per (method, length); empty when the sweep ran none."""
+    costs = sweep.costs()
+    if costs is sweep:
+        return []
+    header = ["method", "L", "status", "train steps", "train_peak_mb (MiB)", "activations MiB / seq",
+              "real tokens/s", "step time (s)", "adapter params"]
+    lines = ["### Cost cells", "", "One seed per method and length, `--cost-steps` optimizer steps (the first is "
+             "warm-up), the memory pass of their own; nothing scored.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in costs.table.sort_values(["max_len"], kind="stable").itertuples():
+        lines.append("| " + " | ".join([r.series, str(int(r.max_len)), r.status, _number(r.train_steps, ".0f"),
+                                        _number(r.train_peak_mb, ".0f"), _number(r.activations_mb_per_seq, ".1f"),
+                                        _number(r.real_tokens_per_s, ".0f"), _number(r.step_time_s, ".3f"),
+                                        _number(r.adapter_params, ".0f")]) + " |")
+    return lines + [""]
 
 
 def key_value_table(items: list[tuple[str, str]]) -> list[str]:

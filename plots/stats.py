@@ -30,7 +30,7 @@ numpy and scipy only, so the plots stay free of torch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import stats as sps
@@ -148,6 +148,7 @@ class PairedDifference:
     p_value: float
     n_docs: int
     n_seeds: int
+    rates: tuple[float, ...] = ()  # the compared accuracies on these documents and seeds (A, B; a DiD: its four)
 
     @property
     def detected(self) -> bool:
@@ -156,7 +157,8 @@ class PairedDifference:
 
     def flipped(self) -> PairedDifference:
         """The same comparison as B - A."""
-        return PairedDifference(-self.diff, -self.high, -self.low, self.p_value, self.n_docs, self.n_seeds)
+        return PairedDifference(-self.diff, -self.high, -self.low, self.p_value, self.n_docs, self.n_seeds,
+                                self.rates)
 
     def describe(self, a: str, b: str, p_holm: float | None = None) -> str:
         """One sentence for report.md: a difference only when the interval excludes 0 and, given `p_holm` (the
@@ -183,7 +185,7 @@ def paired_difference(correct_a, correct_b, samples: int = BOOTSTRAP_SAMPLES,
     if a.shape != b.shape:
         raise ValueError(f"paired arrays must have one equal, non-empty shape (seeds, documents): {a.shape} vs "
                          f"{b.shape}")
-    return crossed_difference(a - b, samples, seed)
+    return replace(crossed_difference(a - b, samples, seed), rates=(float(a.mean()), float(b.mean())))
 
 
 def difference_in_differences(a_long, b_long, a_short, b_short, samples: int = BOOTSTRAP_SAMPLES,
@@ -196,7 +198,8 @@ def difference_in_differences(a_long, b_long, a_short, b_short, samples: int = B
     if len({t.shape for t in tables}) != 1:
         raise ValueError(f"the four outcome tables must have one shape (seeds, documents): "
                          f"{[t.shape for t in tables]}")
-    return crossed_difference((tables[0] - tables[1]) - (tables[2] - tables[3]), samples, seed)
+    return replace(crossed_difference((tables[0] - tables[1]) - (tables[2] - tables[3]), samples, seed),
+                   rates=tuple(float(t.mean()) for t in tables))
 
 
 def crossed_difference(delta: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,

@@ -26,7 +26,10 @@ A bound of a 95 % interval is a one-sided test at 2.5 %. The claims:
   trained is not counted as gained by reading further.
 
 Every SSMLoRA entry of the sweep (`ssmlora`, or each reading `ssmlora:<mode>`) gets its own rows. A claim with no
-point reads **not measured**. Each row also gives the smallest difference the run could detect
+point reads **not measured**. A claim decided at a ceiling (every accuracy the deciding point compares is at
+least CEILING) or at chance (every one within MARGIN of the majority-class rate) does not count: it reads
+inconclusive, with the reason. A sweep that trained at its shortest length only (`--train-at shortest`) has no
+C2 point; its row says what `--preset full` would cost, from the run's own estimate. Each row also gives the smallest difference the run could detect
 (80 % power for the first step of Holm over the row's m points, from the interval's width). With a control in the
 sweep, its comparison gets a row of its own: C1 against the parameter-matched LoRA, C2 and C3 against LoRA at
 SSMLoRA's rate.
@@ -42,6 +45,7 @@ from plots.data import Sweep
 from plots.stats import PairedDifference, holm
 
 MARGIN = 0.03  # accuracy, fraction: the smallest difference that matters, for every claim
+CEILING = 0.97  # every compared accuracy at or above it: a claim decided there says nothing about the methods
 ALPHA = 0.05
 POWER = 0.80
 Z_INTERVAL = 1.959963984540054  # the 95 % interval's half-width in standard errors
@@ -142,15 +146,44 @@ def verdicts(sweep: Sweep, trained: dict, extrapolated: list) -> list[Verdict]:
     plots.extrapolation.effects(sweep) (the differences in differences)."""
     entries = [s for s in sweep.series if s == "ssmlora" or s.startswith("ssmlora:")]  # every SSMLoRA reading
     matched = getattr(sweep, "matched", {})
+    table = getattr(sweep, "table", None)
+    chance = float(table["majority_rate"].max()) if table is not None and "majority_rate" in table else 0.0
+    config = getattr(sweep, "config", {})
     rows = []
     for claim, other in COMPARISONS:
         for ssm in entries:
             if other in sweep.series and (other == "lora" or matched.get(other, "ssmlora") == ssm):
-                rows.append(verdict_row(claim, ssm, other, trained, extrapolated))
+                if claim == "C2" and not trains_every_length(config):
+                    rows.append(Verdict(claim, f"{ssm} - {other}", None, "", "not measured", full_grid_cost(config),
+                                        0))
+                    continue
+                rows.append(verdict_row(claim, ssm, other, trained, extrapolated, chance))
     return rows
 
 
-def verdict_row(claim: str, ssm: str, other: str, trained: dict, extrapolated: list) -> Verdict:
+def trains_every_length(config: dict) -> bool:
+    return ((config.get("config") or {}).get("design") or {}).get("train_at", "every") != "shortest"
+
+
+def full_grid_cost(config: dict) -> str:
+    """Why C2 is missing from a sweep that trained at its shortest length only, and what measuring it costs."""
+    full = (config.get("plan") or {}).get("full")
+    cost = (f": {full['cells']} more cells, about {full['estimate_s'] / 3600:.1f} h on this run's {full['device']} "
+            f"by its estimate") if full else ""
+    return f"needs --preset full (every entry trained at every length){cost}"
+
+
+def at_a_limit(d: PairedDifference, chance: float) -> str:
+    """Where a point says nothing about the methods: 'a ceiling' or 'chance' (see the module's docstring), or ''."""
+    if d.rates and min(d.rates) >= CEILING:
+        return f"a ceiling (every compared accuracy >= {CEILING:g})"
+    if d.rates and max(d.rates) <= chance + MARGIN:
+        return f"chance (every compared accuracy within {MARGIN:g} of the majority-class rate {chance:.2f})"
+    return ""
+
+
+def verdict_row(claim: str, ssm: str, other: str, trained: dict, extrapolated: list,
+                chance: float = 0.0) -> Verdict:
     """One claim for one SSMLoRA entry against one LoRA-side entry (a control: only against its counterpart)."""
     comparison = f"{ssm} - {other}"
     if claim == "C3":
@@ -167,6 +200,14 @@ def verdict_row(claim: str, ssm: str, other: str, trained: dict, extrapolated: l
                else "no paired test predictions")
         return Verdict(claim, comparison, None, "", "not measured", why, 0)
     word, why, at = judge(claim, points)
+    if word in ("supported", "contradicted"):
+        deciding = list(points) if claim == "C1" and word == "supported" else [at]
+        limits = {k: at_a_limit(points[k], chance) for k in deciding}
+        limited = [k for k in deciding if limits[k]]
+        if limited:
+            at = limited[0]
+            why = f"decided at {limits[at]} at {at}, which does not count (otherwise {word}: {why})"
+            word = "inconclusive"
     return Verdict(claim, comparison, points[at], at, word, why, len(points))
 
 

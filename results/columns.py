@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 KINDS = ("int", "float", "str", "json")
 
 
 @dataclass(frozen=True)
 class Column:
-    """One column of results.csv. ``need``: "always" (every row), "ok" (rows with status ok), "" (may be empty)."""
+    """One column of results.csv. ``need``: "always" (every row), "ok" (rows with status ok), "scored" (rows with
+    status ok of a cell that scored test documents: role accuracy), "" (may be empty)."""
 
     name: str
     kind: str
@@ -37,11 +38,14 @@ COLUMNS: tuple[Column, ...] = (
                              "control (lora-at-ssmlora-lr); the series name of plots and report", "always"),
     Column("max_len", "int", "context length L in tokens", "always"),
     Column("seed", "int", "random seed of the cell", "always"),
+    Column("role", "str", "accuracy: trained, tested (and read further with --eval-lengths) | cost: a cost cell "
+                          "(--cost-methods): --cost-steps optimizer steps timed and the memory pass, nothing scored",
+           "always"),
     Column("status", "str", "ok | oom | failed: <reason>", "always"),
-    Column("accuracy", "float", "test accuracy, fraction", "ok", fraction=True),
-    Column("macro_f1", "float", "test macro-F1, fraction", "ok", fraction=True),
-    Column("majority_rate", "float", "majority-class rate of the test split, fraction", "ok", fraction=True),
-    Column("n_test", "int", "number of test examples scored", "ok"),
+    Column("accuracy", "float", "test accuracy, fraction", "scored", fraction=True),
+    Column("macro_f1", "float", "test macro-F1, fraction", "scored", fraction=True),
+    Column("majority_rate", "float", "majority-class rate of the test split, fraction", "scored", fraction=True),
+    Column("n_test", "int", "number of test examples scored", "scored"),
     Column("adapter_params", "int", "trainable adapter parameters (head excluded)", "ok"),
     Column("head_params", "int", "trainable classifier-head parameters", "ok"),
     Column("trainable_params", "int", "all trainable parameters", "ok"),
@@ -84,12 +88,13 @@ COLUMNS: tuple[Column, ...] = (
     Column("activations_mb_per_seq", "float", "saved for backward per sequence of length L, MiB (counted)"),
     Column("unexplained_mb", "float", "train_peak_mb minus the counted parts it contains"),
 )
-assert all(c.kind in KINDS and c.need in ("always", "ok", "") for c in COLUMNS)
+assert all(c.kind in KINDS and c.need in ("always", "ok", "scored", "") for c in COLUMNS)
 RESULT_COLUMNS: list[tuple[str, str]] = [(c.name, c.meaning) for c in COLUMNS]
 COLUMN_NAMES = [c.name for c in COLUMNS]
 COLUMN_KINDS = {c.name: c.kind for c in COLUMNS}
 NUMERIC_COLUMNS = tuple(c.name for c in COLUMNS if c.kind in ("int", "float"))
-CELL_KEY = ("task", "model", "variant", "method", "ssm_mode", "max_len", "seed")
+CELL_KEY = ("task", "model", "variant", "method", "ssm_mode", "max_len", "seed", "role")
+ROLES = ("accuracy", "cost")
 # Schema 1 had no version or hash column; recognising its header lets the error say what happened.
 SCHEMA_1_NAMES = frozenset(COLUMN_NAMES) - {"schema_version", "sweep_hash"}
 

@@ -87,10 +87,10 @@ def fsync_folder(folder: Path) -> None:
             os.close(fd)
 
 
-def cell_tag(variant: str, length, seed) -> str:
-    """A cell's folder name: the --methods entry with ':' as '-', its length and seed ('ssmlora:scan', 512, 0 ->
-    'ssmlora-scan-L512-s0')."""
-    return f"{variant.replace(':', '-')}-L{int(length)}-s{int(seed)}"
+def cell_tag(variant: str, length, seed, role: str = "accuracy") -> str:
+    """A cell's folder name: the --methods entry with ':' as '-', its length and seed, and `-cost` for a cost cell
+    ('ssmlora:scan', 512, 0 -> 'ssmlora-scan-L512-s0'; 'lora', 4096, 0, 'cost' -> 'lora-L4096-s0-cost')."""
+    return f"{variant.replace(':', '-')}-L{int(length)}-s{int(seed)}" + ("-cost" if role == "cost" else "")
 
 
 def trial_tag(variant: str, length, seed, lr: float) -> str:

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from results.columns import CELL_KEY, COLUMN_NAMES, COLUMNS, SCHEMA_1_NAMES, SCHEMA_VERSION
+from results.columns import CELL_KEY, COLUMN_NAMES, COLUMNS, ROLES, SCHEMA_1_NAMES, SCHEMA_VERSION
 
 
 _INT = re.compile(r"-?[0-9]+")
@@ -174,11 +174,13 @@ def _header_problem(header: list[str], records) -> str | None:
 def row_problem(row: dict[str, str]) -> str | None:
     """Why ``row`` (all columns, as text) is not a valid row; None when it is."""
     ok = row["status"].strip().lower() == "ok"
+    scored = ok and row["role"] != "cost"
     for column in COLUMNS:
         text = row[column.name]
         if text == "":
-            if column.need == "always" or (column.need == "ok" and ok):
-                return f"{column.name} is empty" + (" in a row with status ok" if column.need == "ok" else "")
+            if column.need == "always" or (column.need == "ok" and ok) or (column.need == "scored" and scored):
+                where = {"ok": " in a row with status ok", "scored": " in an accuracy row with status ok"}
+                return f"{column.name} is empty" + where.get(column.need, "")
             continue
         name, kind = column.name, column.kind
         if kind == "int" and not _INT.fullmatch(text):
@@ -195,6 +197,8 @@ def row_problem(row: dict[str, str]) -> str | None:
         if name == "schema_version" and text != str(SCHEMA_VERSION):
             return (f"schema_version {text}: this ssmlora reads schema {SCHEMA_VERSION}; read it with the "
                     f"ssmlora that wrote it, or move the row away")
+        if name == "role" and text not in ROLES:
+            return f"role is {_show(text)}, not one of {', '.join(ROLES)}"
         if name == "sweep_hash" and not _HEX.fullmatch(text):
             return f"sweep_hash is not a lowercase hex string: {_show(text)}"
     return None

@@ -81,6 +81,7 @@ def repair_results(path: str | os.PathLike, sweep_hash: str | None = None, timeo
 def _stamp(row: dict, sweep_hash: str | None) -> dict[str, str]:
     text = {name: _cell(row.get(name)) for name in COLUMN_NAMES}
     text["schema_version"] = str(SCHEMA_VERSION)
+    text["role"] = text["role"] or "accuracy"  # the cell every sweep runs; a cost cell says so
     if not text["sweep_hash"] and sweep_hash is not None:
         text["sweep_hash"] = sweep_hash
     elif sweep_hash is not None and text["sweep_hash"] != sweep_hash:

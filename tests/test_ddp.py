@@ -29,7 +29,8 @@ def env(tmp_path_factory):
 
 
 def args(env, out, *extra) -> list[str]:
-    return ["--methods", "lora,ssmlora", "--seeds", "0", "--model", str(env["bert"]), "--task", "topic-mix",
+    return ["--preset", "full", "--methods", "lora,ssmlora", "--seeds", "0", "--model", str(env["bert"]), "--task",
+            "topic-mix",
             "--cache-dir", str(env["cache"]), "--n-train", "16", "--n-validation", "4", "--n-test", "12", "--max-steps", "3",
             "--tokens-per-step", "256", "--lr", "5e-3", "--precision", "32", "--threads", "1",
             "--out", str(out), "--name", "s", "--lengths", "64", *extra]

@@ -23,7 +23,8 @@ def env(tmp_path_factory):
 
 
 def tiny_args(env, out, *extra) -> list[str]:
-    return ["--methods", "lora,ssmlora", "--seeds", "0", "--model", str(env["bert"]), "--task", "topic-mix",
+    return ["--preset", "full", "--methods", "lora,ssmlora", "--seeds", "0", "--model", str(env["bert"]), "--task",
+            "topic-mix",
             "--cache-dir", str(env["cache"]), "--n-train", "16", "--n-validation", "4", "--n-test", "8",
             "--max-steps", "2", "--tokens-per-step", "256", "--lr", "5e-3", "--out", str(out), "--name", "s", *extra]
 
@@ -185,7 +186,8 @@ def test_extrapolation_differences_find_a_planted_difference_and_none_between_tw
     from test_tuning import planted_sweep_setup
 
     with planted_sweep_setup(monkeypatch):
-        code = main(["--model", str(env["bert"]), "--cache-dir", str(tmp_path / "data"), "--task", "planted",
+        code = main(["--preset", "full", "--model", str(env["bert"]), "--cache-dir", str(tmp_path / "data"),
+                     "--task", "planted",
                      "--max-steps", "1", "--tokens-per-step", "256", "--lengths", "64", "--eval-lengths", "2x",
                      "--in-process", "--out", str(tmp_path), "--name", "p", "--probe-examples", "40",
                      "--min-eval", "100", "--methods", "lora,twin,blind", "--seeds", "0"])

@@ -19,7 +19,8 @@ def test_a_tiny_sweep_runs_on_a_saved_folder_of_each_family(family, tmp_path, ca
     folder = save_tiny_backbone(tmp_path / family, family, max_positions=128)
     sizes = {"n_train": 24, "n_validation": 8, "n_test": 12}
     build_task("topic-mix", max_len=64, tokenizer=str(folder), cache_dir=str(tmp_path / "data"), seed=0, **sizes)
-    argv = ["--model", str(folder), "--methods", ",".join(VARIANTS), "--seeds", "0", "--lengths", "64",
+    argv = ["--preset", "full", "--model", str(folder), "--methods", ",".join(VARIANTS), "--seeds", "0",
+            "--lengths", "64",
             "--n-train", "24", "--n-validation", "8", "--n-test", "12", "--max-steps", "2", "--tokens-per-step", "128",
             "--probe-examples", "16", "--cache-dir", str(tmp_path / "data"), "--in-process", "--out", str(tmp_path),
             "--name", "s"]

@@ -103,7 +103,7 @@ def test_a_method_registered_from_a_test_file_runs_a_tiny_sweep(tmp_path):
         model = inject_adapters(tiny_model("bert"), AdapterConfig(method="bias"))
         assert count_parameters(model)["adapter_params"] == 4 * 2 * 32  # q and v of 4 layers, 32 outputs each
         env = tiny_sweep_env(tmp_path, [64], n_train=16, n_validation=4, n_test=8)
-        code = main(["--model", str(env["bert"]), "--cache-dir", str(env["cache"]), "--n-train", "16",
+        code = main(["--preset", "full", "--model", str(env["bert"]), "--cache-dir", str(env["cache"]), "--n-train", "16",
                      "--n-validation", "4", "--n-test", "8", "--max-steps", "2", "--tokens-per-step", "256",
                      "--lengths", "64", "--seeds", "0", "--methods", "lora,bias", "--in-process", "--out", str(tmp_path),
                      "--name", "s"])
@@ -127,5 +127,5 @@ def test_readme_fits_a_screen_its_links_resolve_and_its_main_command_validates(t
     out = subprocess.run([sys.executable, *command, "--dry-run", "--out", str(tmp_path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "60 cells" in out.stdout  # 5 entries (2 methods, 3 controls) x 4 lengths x 3 seeds
+    assert "20 cells" in out.stdout  # --preset cpu: 4 entries x 3 seeds at 512, and 2 cost cells at each of 4 lengths
     assert any("pytest" in b for b in blocks)

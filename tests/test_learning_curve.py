@@ -23,7 +23,7 @@ def env(tmp_path_factory):
 
 
 def _common(env) -> list[str]:
-    return ["--methods", "lora,ssmlora", "--seeds", "0", "--model", str(env["bert"]), "--cache-dir",
+    return ["--preset", "full", "--methods", "lora,ssmlora", "--seeds", "0", "--model", str(env["bert"]), "--cache-dir",
             str(env["cache"]), "--n-train", "32", "--n-validation", "16", "--n-test", "16", "--max-steps", "4",
             "--tokens-per-step", "256", "--lengths", "64", "--in-process", "--probe-examples", "32"]
 

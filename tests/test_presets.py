@@ -73,7 +73,7 @@ def test_a_preset_fills_defaults_and_every_given_flag_wins(monkeypatch, capsys):
 
 def test_on_a_cuda_device_a_smaller_preset_says_what_full_adds(env, tmp_path, capsys, monkeypatch):  # noqa: F811
     monkeypatch.setitem(presets.PRESETS, "small", presets.Preset("small", "for the test", {"seeds": [0]}))
-    monkeypatch.setattr(cli, "calibrate", lambda cell, lengths: Calibration((64,), (0.01,), "gpu"))
+    monkeypatch.setattr(cli, "calibrate_in_process", lambda cell, lengths: Calibration((64,), (0.01,), "gpu"))
     argv = [a for a in tiny_args(env, tmp_path) if a not in ("--seeds", "0")]
     assert cli.main([*argv, "--lengths", "64", "--preset", "small", "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -98,8 +98,92 @@ def test_a_calibration_that_fails_leaves_the_run_without_an_estimate(env, tmp_pa
     def broken(cell, lengths):
         raise RuntimeError("Error while deserializing header: header too large")
 
-    monkeypatch.setattr(cli, "calibrate", broken)
+    monkeypatch.setattr(cli, "calibrate_in_process", broken)
     assert cli.main([*tiny_args(env, tmp_path), "--lengths", "64", "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == ("preset full: 2 cells, 2 to run, no estimate (the calibration failed: Error while "
                       "deserializing header: header too large)")
+
+
+# ---------------------------------------------------------------- the CPU design: train short, read long, cost apart
+
+def test_the_cpu_design_trains_short_reads_long_and_measures_cost_apart(env, tmp_path):  # noqa: F811
+    """--preset cpu's shape on a tiny sweep: accuracy cells at the shortest length only, their first --read-docs
+    documents read at 2x, cost cells (no test, --cost-steps steps) at every length; the report's cost figures
+    and table come from the cost cells and C2 says what the full grid would cost."""
+    import csv
+
+    from plots.data import load_sweep
+
+    argv = [*tiny_args(env, tmp_path), "--preset", "cpu", "--methods", "lora,ssmlora", "--seeds", "0,1",
+            "--lengths", "64,128", "--eval-lengths", "2x", "--n-test", "8", "--read-docs", "5", "--max-steps", "2",
+            "--cost-steps", "2", "--in-process"]
+    assert cli.main(argv) == 0
+    rows = list(csv.DictReader(open(tmp_path / "s" / "results.csv")))
+    accuracy = sorted((r["variant"], int(r["max_len"]), int(r["seed"])) for r in rows if r["role"] == "accuracy")
+    cost = sorted((r["variant"], int(r["max_len"]), int(r["seed"])) for r in rows if r["role"] == "cost")
+    assert accuracy == [("lora", 64, 0), ("lora", 64, 1), ("ssmlora", 64, 0), ("ssmlora", 64, 1)]
+    assert cost == [("lora", 64, 0), ("lora", 128, 0), ("ssmlora", 64, 0), ("ssmlora", 128, 0)]
+    for r in rows:
+        assert r["status"] == "ok"
+        if r["role"] == "cost":
+            assert r["accuracy"] == r["n_test"] == r["probe_accuracy"] == "" and int(r["train_steps"]) == 2
+            assert float(r["train_peak_mb"]) > 0 and float(r["step_time_s"]) > 0
+        else:
+            assert int(r["n_test"]) == 8 and r["probe_accuracy"] != ""
+    assert (tmp_path / "s" / "cells" / "lora-L128-s0-cost").is_dir()
+    reads = list(csv.DictReader(open(tmp_path / "s" / "extrapolation.csv")))
+    assert {(int(r["eval_len"]), int(r["n"])) for r in reads} == {(64, 8), (128, 5)}
+    sweep = load_sweep(tmp_path / "s")
+    assert sweep.lengths == [64] and sweep.costs().lengths == [64, 128]
+    report = (tmp_path / "s" / "report.md").read_text()
+    assert "### Cost cells" in report and "4 cost cells" in report
+    c2 = [line for line in report.splitlines() if line.startswith("| C2")]
+    assert c2 and all("**not measured**" in line and "needs --preset full" in line and "more cells, about" in line
+                      for line in c2)
+    assert any(line.startswith("| C3") and "trained 64, read 128" in line for line in report.splitlines())
+
+
+def test_the_default_is_the_cpu_preset_with_cost_rows_in_its_table(tmp_path, capsys):
+    assert cli.main(["--max-len", "4096", "--dry-run", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("preset cpu: 20 cells, 20 to run, estimated ")
+    table = {line.rsplit("  ", 1)[0].split("  ")[0].strip(): line for line in out[1:9]}
+    assert "lora (cost)" in table and "ssmlora (cost)" in table
+    assert table["lora"].split()[1:5] != ["-"] * 4 and table["lora"].split()[2:5] == ["-", "-", "-"]
+    assert table["lora (cost)"].split()[2:6] != ["-"] * 4 and table["lora (cost)"].endswith("0")
+
+
+def test_a_cost_cell_costs_its_steps_and_nothing_scored():
+    cfg = SweepConfig.from_flat(methods=["lora"], lengths=[512, 4096], train_at="shortest", cost_methods=["lora"],
+                                cost_steps=4, eval_lengths=["2x"], read_docs=100)
+    cost, trained = cfg.cell("lora", 4096, 0, "cost"), cfg.cell("lora", 512, 0)
+    t = REFERENCE.per_document
+    assert cell_seconds(cost, REFERENCE) == pytest.approx(15 + 4 * 6 * 2 * t(4096))
+    assert cell_seconds(trained, REFERENCE) == pytest.approx(15 + 15 * 6 * 16 * t(512) + 200 * t(512)
+                                                             + 100 * t(1024))
+    assert prep_seconds(cost, [0], REFERENCE) == pytest.approx(10)  # data only: a cost cell has no probe
+    assert [c.tag() for c in cfg.cells()] == ["lora-L512-s0", "lora-L512-s1", "lora-L512-s2", "lora-L512-s0-cost",
+                                              "lora-L4096-s0-cost"]
+
+
+def test_repeated_inputs_are_scored_once(monkeypatch):
+    """Two documents that are the same tokens at L are one unit of inference: the scored subset keeps the
+    first; documents differing anywhere stay, in their order."""
+    from datasets import Dataset
+
+    from ssmlora.lab.data import DataConfig, build_splits, distinct_inputs
+
+    split = Dataset.from_dict({"input_ids": [[1, 2, 3], [1, 2, 4], [1, 2, 3], [5], [1, 2, 4]],
+                               "doc_id": ["a", "b", "c", "d", "e"]})
+    assert distinct_inputs(split)["doc_id"] == ["a", "b", "d"]
+    unique = split.select([0, 1, 3])
+    assert distinct_inputs(unique) is unique
+
+    task = {"train": split, "validation": split, "test": split}
+    monkeypatch.setattr("ssmlora.lab.data.task_data", lambda cfg, max_len, tokenizer, into=None: dict(task))
+    built = build_splits(DataConfig(min_eval=10, eval_tokens=1), 64, "tok")
+    assert built["test"]["doc_id"] == ["a", "b", "d"] and len(built["train"]) == 5
+    assert len(built["validation"]) == 5  # selection's split is scored whole: a repeat there decides nothing
+    built = build_splits(DataConfig(min_eval=2, eval_tokens=1), 64, "tok")
+    assert sorted(built["test"]["doc_id"]) in (["a", "b"], ["a", "d"], ["b", "d"])  # the repeat never counts

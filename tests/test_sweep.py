@@ -30,7 +30,8 @@ def env(tmp_path_factory):
 
 
 def tiny_args(env, out, *extra) -> list[str]:
-    return ["--methods", "lora,ssmlora", "--seeds", "0", "--model", str(env["bert"]), "--task", "topic-mix",
+    return ["--preset", "full", "--methods", "lora,ssmlora", "--seeds", "0", "--model", str(env["bert"]), "--task",
+            "topic-mix",
             "--cache-dir", str(env["cache"]), "--n-train", "16", "--n-validation", "4", "--n-test", "8",
             "--max-steps", "2", "--tokens-per-step", "256", "--lr", "5e-3", "--out", str(out), "--name", "s", *extra]
 
@@ -70,7 +71,7 @@ def test_sweep_survives_sigkill_and_resumes(env):
     for key in ("schema_version", "name", "task", "model", "methods", "lengths", "seeds", "config", "resolved",
                 "identity", "environment"):
         assert key in config
-    assert set(config["config"]) == {"model", "adapter", "optim", "tune", "data", "runtime"}
+    assert set(config["config"]) == {"model", "adapter", "optim", "tune", "design", "data", "runtime"}
     assert config["lengths"] == [64, 128] and set(config["config"]["adapter"]) >= {"r", "alpha", "dropout", "targets",
                                                                                  "scale", "ssm_mode"}
     assert config["resolved"]["device"] == "cpu" and config["resolved"]["lr"] == {"lora": 5e-3, "ssmlora": 5e-3}

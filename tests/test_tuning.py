@@ -40,7 +40,8 @@ def env2(tmp_path_factory):
 
 
 def _args(env, out, name, *extra):
-    return ["--methods", "lora,ssmlora", "--seeds", "0", "--model", str(env["bert"]), "--cache-dir", str(env["cache"]),
+    return ["--preset", "full", "--methods", "lora,ssmlora", "--seeds", "0", "--model", str(env["bert"]),
+            "--cache-dir", str(env["cache"]),
             "--n-train", "32", "--n-validation", "16",
             "--n-test", "16", "--max-steps", "2", "--tokens-per-step", "256", "--lengths", "64", "--in-process",
             "--out", str(out), "--name", name, "--probe-examples", "32", *extra]
@@ -166,7 +167,8 @@ def test_bad_tuning_input_is_one_error_line_and_exit_2(extra, message, tmp_path,
     spec = registry.get_task("topic-mix")
     monkeypatch.setitem(registry._REGISTRY, "no-val", type(spec)(**{**spec.__dict__, "name": "no-val",
                                                                       "default_sizes": (800, 0, 200)}))
-    code = main(["--methods", "lora", "--lengths", "512", "--out", str(tmp_path), "--dry-run", *extra])
+    code = main(["--preset", "full", "--methods", "lora", "--lengths", "512", "--out", str(tmp_path), "--dry-run",
+                 *extra])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1 and err.startswith("error: ")
     assert not any(tmp_path.iterdir())  # nothing built, nothing trained
@@ -256,7 +258,8 @@ def planted_sweep_setup(monkeypatch):
 
 def test_the_paired_test_finds_a_planted_difference_and_none_between_twins(env, tmp_path, monkeypatch):
     with planted_sweep_setup(monkeypatch):
-        code = main(["--model", str(env["bert"]), "--cache-dir", str(tmp_path / "data"), "--task", "planted",
+        code = main(["--preset", "full", "--model", str(env["bert"]), "--cache-dir", str(tmp_path / "data"),
+                     "--task", "planted",
                      "--max-steps", "1", "--tokens-per-step", "256", "--lengths", "64", "--in-process",
                      "--out", str(tmp_path), "--name", "p", "--probe-examples", "40", "--min-eval", "100",
                      "--methods", "lora,twin,blind", "--seeds", "0"])

@@ -94,7 +94,7 @@ def env(tmp_path_factory):
 
 
 def _flags(env, out, *extra) -> list[str]:
-    return ["--model", str(env["bert"]), "--task", "topic-mix", "--cache-dir", str(env["cache"]),
+    return ["--preset", "full", "--model", str(env["bert"]), "--task", "topic-mix", "--cache-dir", str(env["cache"]),
             "--n-train", "16", "--n-validation", "4", "--n-test", "8", "--max-steps", "1", "--tokens-per-step", "256",
             "--probe-examples", "16", "--lengths", "64", "--seeds", "0", "--out", str(out), "--name", "s", *extra]
 

@@ -168,3 +168,21 @@ def test_every_ssmlora_reading_gets_its_rows():
         ("C2", "ssmlora:scan - lora"), ("C2", "ssmlora:depth - lora-at-ssmlora-lr"), ("C3", "ssmlora:depth - lora"),
         ("C3", "ssmlora:scan - lora"), ("C3", "ssmlora:depth - lora-at-ssmlora-lr")]
     assert [r.word for r in rows if r.claim == "C3"] == ["supported", "supported", "not measured"]
+
+
+def test_a_claim_decided_at_a_ceiling_or_at_chance_does_not_count():
+    from plots.stats import PairedDifference
+    from plots.verdict import verdict_row
+
+    def c1(rates, chance=0.2):
+        d = PairedDifference(0.0, -0.01, 0.012, 1.0, 600, 3, rates=rates)
+        return verdict_row("C1", "ssmlora", "lora", {("ssmlora", "lora"): {512: d}}, [], chance)
+
+    assert c1((0.50, 0.50)).word == "supported"
+    top = c1((0.99, 0.985))
+    assert top.word == "inconclusive" and "decided at a ceiling" in top.why and "otherwise supported" in top.why
+    low = c1((0.21, 0.22))
+    assert low.word == "inconclusive" and "chance" in low.why and "majority-class rate 0.20" in low.why
+    gain = PairedDifference(0.2, 0.1, 0.3, 1e-4, 600, 3, rates=(0.99, 0.98, 0.5, 0.6))  # C3 at a ceiling read long
+    key = {"max_len": 512, "eval_len": 2048, "a": "ssmlora", "b": "lora"}
+    assert verdict_row("C3", "ssmlora", "lora", {}, [(key, gain)]).word == "supported"  # not every rate is high

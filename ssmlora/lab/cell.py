@@ -55,6 +55,7 @@ class CellConfig:
     label: str = ""  # the sweep's name for this cell's method, e.g. "ssmlora:scan" (empty: the method's name)
     tuning: bool = False  # a selection cell: scored on validation, the test split sealed (any read raises)
     selected_on: str = "default"  # where `lr` came from: "default" (registry/--lr) or e.g. "val@L512"
+    role: str = "accuracy"  # "cost": a cost cell, timed and measured, nothing scored (run_cell)
 
     @property
     def method(self) -> str:
@@ -64,7 +65,7 @@ class CellConfig:
         self.label = self.label or self.adapter.method
 
     def tag(self) -> str:
-        return cell_tag(self.label, self.max_len, self.seed)
+        return cell_tag(self.label, self.max_len, self.seed, self.role)
 
     def batch_plan(self) -> tuple[int, int, int]:
         """(effective batch, micro-batch per device, accumulation steps)."""
@@ -74,7 +75,8 @@ class CellConfig:
 def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.PathLike | None = None) -> dict:
     """Train and score one cell with Lightning; return its results-row fields. The cell's phases, in order:
     memory figures (a forked pass of their own where they can be), build, probe, train, then validation only (a
-    selection cell) or test, outputs and longer reads.
+    selection cell), nothing more (a cost cell: its row holds what the training steps cost) or test, outputs and
+    longer reads.
 
     `probe_dir`: where the probe's frozen features are cached per (length, seed), so every method of a sweep
     starts from the same head (default: beside `cell_dir`).
@@ -92,39 +94,51 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     if cfg.tuning:
         return {"status": "ok", "lr": cfg.lr, **validation_scores(fit), "train_steps": fit.trainer.global_step,
                 "wall_s": time.perf_counter() - start}
+    if cfg.role == "cost":
+        return {"status": "ok", **cost_fields(cfg, built, fit, meter, counted, device), "wall_s":
+                time.perf_counter() - start, "fit_s": time.perf_counter() - start, "memory_pass_s": memory_s}
     test_start = time.perf_counter()
     scores, state = test_phase(fit, built.model, meter, device)
     test_s = time.perf_counter() - test_start
-    flops_dtype = torch.float32 if cfg.runtime.precision == "32" else torch.bfloat16
-    mem, rates, ranks = reduce_cell_figures(fit.trainer, built.model, process_memory(device), fit.speed, flops_dtype)
+    costs = cost_fields(cfg, built, fit, meter, counted, device)
     save_outputs(built, fit, state, probe_rows, cell_dir)
     longer = score_longer(cfg, fit.trainer, fit.module, built.data["test"], scores,
                           resolve_model_path(cfg.model.model), built.pad_id, cfg.batch_plan()[1],
                           cell_dir) if cfg.data.eval_lengths else []
-    _, micro, accumulate = cfg.batch_plan()
     return {
         "status": "ok",
         "accuracy": scores.get("test_acc"),
         "macro_f1": scores.get("test_f1"),
         "n_test": int(scores.get("test_n", 0)),
         "majority_rate": majority_rate(built.data["test"]),
+        **costs,
+        "wall_s": time.perf_counter() - start,
+        **probe,
+        "test_s": test_s,
+        "fit_s": test_start - start,
+        "memory_pass_s": memory_s,  # the memory figures' own pass, part of fit_s and wall_s (None: measured in the run)
+        "extrapolation": longer,  # rows of extrapolation.csv (less method, seed), result.json only
+    }
+
+
+def cost_fields(cfg: CellConfig, built: Built, fit: Fit, meter: Meter, counted: dict, device) -> dict:
+    """What a cell's training cost, for its row: parameter counts, memory (per phase, counted parts), speed and
+    how the steps ran. Taken after the cell's last phase, so the whole-process peak covers every phase."""
+    flops_dtype = torch.float32 if cfg.runtime.precision == "32" else torch.bfloat16
+    mem, rates, ranks = reduce_cell_figures(fit.trainer, built.model, process_memory(device), fit.speed, flops_dtype)
+    _, micro, accumulate = cfg.batch_plan()
+    return {
         **{k: built.counts[k] for k in ("adapter_params", "head_params", "trainable_params")},
         **mem,
         **phase_columns(meter.phases, counted, device),
         **{k: v for k, v in rates.items() if k != "timed_steps"},
         "train_steps": fit.trainer.global_step,
-        "wall_s": time.perf_counter() - start,
-        **probe,
         "attn_impl": built.info.attn_impl,
-        "test_s": test_s,
-        "fit_s": test_start - start,
-        "memory_pass_s": memory_s,  # the memory figures' own pass, part of fit_s and wall_s (None: measured in the run)
         "micro_batch": micro,
         "accumulate": accumulate,
         "world_size": fit.trainer.world_size,
         "strategy": type(fit.trainer.strategy).__name__,
         "ranks": ranks,  # per rank: peak memory, tokens/s, adapter hash (result.json only, not results.csv)
-        "extrapolation": longer,  # rows of extrapolation.csv (less method, seed), result.json only
         "phases": meter.phases,  # every phase's raw figures (result.json only)
     }
 

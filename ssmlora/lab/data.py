@@ -45,6 +45,9 @@ class DataConfig:
         "help": "length extrapolation: also score each cell trained at L at these longer lengths, on the same "
         "test documents read further: multiples of L (2x,4x) or token counts (8192,16384), none below any "
         "trained L; writes extrapolation.csv and its figure (docs/sweep.md). Default: none"})
+    read_docs: int = field(default=0, metadata={
+        "help": "test documents read at each longer eval length: the first N of those scored at L, so reading "
+                "further costs what it must (0: all of them)", "ge": 0, "integer": True})
 
     NOT_IDENTITY = ("cache_dir",)  # where the data is kept, not what it is
 
@@ -130,15 +133,34 @@ def _build_measured(kwargs: dict) -> dict:
 
 
 def build_splits(cfg: DataConfig, max_len: int, tokenizer: str, into: dict | None = None):
-    """`task_data` at `max_len`, test and validation cut to `cfg.eval_limit` (a fixed subset, the same for
-    every seed and method). `into`: see `task_data`."""
+    """`task_data` at `max_len`, the test split without repeated inputs (`distinct_inputs`: the unit of inference
+    is the test document), test and validation cut to `cfg.eval_limit` (a fixed subset, the same for every seed
+    and method). `into`: see `task_data`."""
     data = task_data(cfg, max_len, tokenizer, into)
     limit = cfg.eval_limit(max_len)
+    if "test" in data:
+        data["test"] = distinct_inputs(data["test"])
     for split in ("test", "validation"):
-        if split in data and len(data[split]) > limit:
+        if split not in data:
+            continue
+        if len(data[split]) > limit:
             keep = np.random.default_rng(DATA_SEED).permutation(len(data[split]))[:limit]
             data[split] = data[split].select(sorted(keep.tolist()))
     return data
+
+
+def distinct_inputs(split):
+    """`split` without the documents whose input at this length repeats an earlier document's. Composed tasks
+    reuse their split's articles, so two documents can be the same tokens once cut to L (topic-mix: 110 of 600
+    test documents at 512); every model scores such twins alike, so counting both would count one unit of
+    inference twice and narrow every interval."""
+    seen, keep = set(), []
+    for i, ids in enumerate(split["input_ids"]):
+        key = tuple(ids)
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return split if len(keep) == len(split) else split.select(keep)
 
 
 class SealedSplitError(RuntimeError):

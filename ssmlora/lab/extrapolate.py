@@ -27,10 +27,12 @@ def longest_length(cfg) -> int:
 def score_longer(cfg, trainer, module, test, scores: dict, tokenizer: str, pad_id: int, micro: int,
                  cell_dir: Path) -> list[dict]:
     """Rows of extrapolation.csv (less method and seed) for one cell: its own test score at L, then one row per
-    longer eval length, each from one `trainer.test` of the module's current (tested) weights, whose
+    longer eval length (of the first `read_docs` documents, when set), each from one `trainer.test` of the module's current (tested) weights, whose
     per-document outcomes global rank 0 writes to `cell_dir / predictions-L<eval>.csv`."""
+    rows = [_row(cfg.max_len, cfg.max_len, scores["test_acc"], int(scores["test_n"]), majority_rate(test))]
+    if 0 < cfg.data.read_docs < len(test):  # --read-docs: the first N documents scored at L
+        test = test.select(range(cfg.data.read_docs))
     majority = majority_rate(test)
-    rows = [_row(cfg.max_len, cfg.max_len, scores["test_acc"], int(scores["test_n"]), majority)]
     for length in cfg.data.eval_lengths_for(cfg.max_len):
         data = task_data(cfg.data, length, tokenizer)  # DATA_SEED: a doc_id names a position in a split
         longer = same_documents(data["test"], test, cfg.max_len, length)

@@ -23,7 +23,8 @@ from ssmlora.lab.memory import parse_size
 from ssmlora.lab.runtime import is_rank_zero
 from ssmlora.sweep.variants import VariantError
 from ssmlora.sweep.config import GRID, SweepConfig, flat_fields, section_type
-from ssmlora.sweep.estimate import calibrate, clock, estimate, table
+from ssmlora.sweep.estimate import clock, estimate, table
+from ssmlora.sweep.launch import calibrate_in_process
 from ssmlora.sweep.presets import DEFAULT_PRESET, PRESETS, get_preset
 from ssmlora.sweep.runner import any_failed, pending_cells, results_table, run_sweep, stop_on_sigterm
 from ssmlora.sweep.tune import TuningError
@@ -203,25 +204,29 @@ def plan_run(cfg: SweepConfig, folder, args, argv: list[str] | None) -> tuple[di
     without an estimate, said on the first line; the cells then record their own failures."""
     preset = get_preset(args.preset)
     pending = pending_cells(cfg, folder, args.retry_failed)
-    total = len(cfg.cells())
+    total, trials = len(cfg.cells()), sum(c.tuning for c in pending)
     plan = {"preset": preset.name, "purpose": preset.purpose, "settings": preset.settings, "cells": total,
-            "to_run": len(pending)}
-    head = f"preset {preset.name}: {total} cells, {len(pending)} to run"
+            "to_run": len(pending) - trials, "trials_to_run": trials}
+    head = (f"preset {preset.name}: {total} cells, {len(pending) - trials} to run"
+            + (f" after {trials} tuning trials" if trials else ""))
     first = cfg.cell(cfg.variants[0], min(cfg.lengths), cfg.seeds[0])
     try:
-        cal = calibrate(first, [L for c in cfg.cells() for L in (c.max_len, *cfg.data.eval_lengths_for(c.max_len))])
+        reads = [L for c in cfg.cells() for L in (c.max_len, *c.data.eval_lengths_for(c.max_len))]
+        cal = calibrate_in_process(first, reads)
     except Exception as err:  # noqa: BLE001 - the estimate is advice; the run goes on without it
         return plan, [f"{head}, no estimate (the calibration failed: {str(err)[:160]})"]
     est = estimate(pending, cfg.seeds, cal, prepares=not args.in_process)
     plan["estimate"] = est.record()
     lines = [f"{head}, estimated {clock(est.total_s)} on this machine (cost model calibrated here: "
              f"{cal.describe()}; docs/sweep.md#presets-and-the-estimate)"]
-    if cal.device == "gpu" and preset.name != "full":
+    if preset.name != "full":  # what the whole grid would add: the report's C2 row and a GPU user need it
         full = config_from_args(parse_args(argv, "full"))
         extra = [c for c in full.cells() if c.tag() not in {d.tag() for d in cfg.cells()}]
-        more = estimate(extra, full.seeds, cal)
-        lines.append(f"this machine has a CUDA device: --preset full would add {len(extra)} cells (every entry "
-                     f"trained at every length; C2 needs them), about {clock(more.total_s)} here")
+        more = estimate(extra, full.seeds, cal, prepares=not args.in_process)
+        plan["full"] = {"cells": len(extra), "estimate_s": round(more.total_s), "device": cal.device}
+        if cal.device == "gpu":
+            lines.append(f"this machine has a CUDA device: --preset full would add {len(extra)} cells (every entry "
+                         f"trained at every length; C2 needs them), about {clock(more.total_s)} here")
     if args.dry_run:
         lines.append(table(cfg, estimate(cfg.cells(), cfg.seeds, cal, not args.in_process)))
     return plan, lines

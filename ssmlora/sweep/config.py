@@ -2,9 +2,10 @@
 
 It holds the grid (methods, lengths, seeds), the sections each cell reads: `model` (ModelConfig), `adapter`
 (the adapter library's AdapterConfig, whose `method` the grid supplies), `optim` (OptimConfig), `data`
-(DataConfig) and `runtime` (RuntimeConfig), and the one the sweep alone reads: `tune` (TuneConfig, the selection
-on validation before the cells). Every setting has its default, help and allowed values in exactly one
-field of one section; the command line is generated from the tree (one flag per field, named after it).
+(DataConfig) and `runtime` (RuntimeConfig), and the two the sweep alone reads: `tune` (TuneConfig, the
+selection on validation before the cells) and `design` (DesignConfig, which cells the grid holds). Every
+setting has its default, help and allowed values in exactly one field of one section; the command line is
+generated from the tree (one flag per field, named after it).
 
 `methods` holds the entries as given; construction parses them once into `variants` (ssmlora.sweep.variants),
 which is what everything downstream reads.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from data_prep import get_task
@@ -29,7 +30,8 @@ from ssmlora.methods import get_method
 from ssmlora.sweep.variants import MethodVariant, VariantError, control_names, parse_methods
 from ssmlora.params import adapter_parameters
 
-SECTIONS = ("model", "adapter", "optim", "tune", "data", "runtime")
+SECTIONS = ("model", "adapter", "optim", "tune", "design", "data", "runtime")
+TRAIN_AT = ("every", "shortest")
 TUNE_KNOBS = ("", "lr")
 # Two rates a decade apart per method, one at each method's usual rate (LoRA's are ~10x SSMLoRA's in the paper's
 # setting): the grid the registry defaults were selected from.
@@ -62,6 +64,28 @@ class TuneConfig:
 
 
 @dataclass
+class DesignConfig:
+    """Which cells the grid holds: where the accuracy cells train, and the cost cells beside them.
+
+    A cost of training (memory, step time, throughput) does not depend on the seed or on a control's rate, and
+    a few steps measure it; an accuracy needs trained weights and many test documents. So a design may train the
+    accuracy cells at the shortest length only (C1 there, and C3 from their longer reads) and measure the cost
+    curve once per method and length in cost cells."""
+
+    train_at: str = field(default="every", metadata={
+        "help": "every: each entry trains and tests at every length (C1 and C2 at each); shortest: the accuracy "
+                "cells train and test at the shortest length only and read further with --eval-lengths (C1 and "
+                "C3; C2 needs every)", "choices": TRAIN_AT})
+    cost_methods: list[str] = field(default_factory=list, metadata={
+        "help": "entries of --methods that also get a cost cell at every length: the first seed, --cost-steps "
+                "optimizer steps timed, the memory pass, no probe and nothing scored; the cost figures then come "
+                "from the cost cells alone (empty: from the accuracy cells)"})
+    cost_steps: int = field(default=3, metadata={
+        "help": "optimizer steps of a cost cell: the first is warm-up, the others are timed", "ge": 2,
+                "integer": True})
+
+
+@dataclass
 class SweepConfig:
     """Everything that defines a sweep: the grid and the settings every cell shares."""
 
@@ -79,6 +103,7 @@ class SweepConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    design: DesignConfig = field(default_factory=DesignConfig)
     data: DataConfig = field(default_factory=DataConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
@@ -149,16 +174,30 @@ class SweepConfig:
         model = Path(self.model.model.rstrip("/")).name.replace("/", "_") or "model"
         return f"{self.data.task}-{model}-{self.identity_hash()[:8]}"
 
-    def cell(self, entry: MethodVariant | str, length: int, seed: int) -> CellConfig:
-        """The configuration of one cell of the grid (`entry`: a variant, or its label, e.g. ssmlora:scan)."""
+    def cell(self, entry: MethodVariant | str, length: int, seed: int, role: str = "accuracy") -> CellConfig:
+        """The configuration of one cell of the grid (`entry`: a variant, or its label, e.g. ssmlora:scan).
+
+        A cost cell trains --cost-steps steps from a zero head (the probe would only set the head's values, which
+        do not change what a step costs) and reads nothing further. A parameter-matched control is not read
+        further either: its claim, C1, is decided where it trained."""
         variant = self.variant(entry)
+        optim, data = self.optim, self.data
+        if role == "cost":
+            optim = replace(optim, max_steps=self.design.cost_steps, epochs=0, val_every=0, head_init="random")
+        if role == "cost" or variant.params_of:
+            data = replace(data, eval_lengths=[])
         return CellConfig(adapter=variant.adapter(self.adapter), max_len=length, seed=seed, lr=variant.lr,
-                          model=self.model, optim=self.optim, data=self.data, runtime=self.runtime,
-                          label=variant.label)
+                          model=self.model, optim=optim, data=data, runtime=self.runtime, label=variant.label,
+                          role=role)
 
     def cells(self) -> list[CellConfig]:
-        """Short lengths first, so a sweep cut short still has complete curves at the cheap end."""
-        return [self.cell(v, L, s) for L in sorted(self.lengths) for s in self.seeds for v in self.variants]
+        """The accuracy cells, short lengths first, so a sweep cut short still has complete curves at the cheap end
+        (with --train-at shortest, at the shortest length alone); then the cost cells, short lengths first."""
+        lengths = sorted(self.lengths)
+        trained = lengths[:1] if self.design.train_at == "shortest" else lengths
+        accuracy = [self.cell(v, L, s) for L in trained for s in self.seeds for v in self.variants]
+        costed = [v for v in self.variants if v.label in self.design.cost_methods]
+        return accuracy + [self.cell(v, L, self.seeds[0], "cost") for L in lengths for v in costed]
 
     def effective_batch(self, length: int) -> int:
         return batch_plan(self.optim.tokens_per_step, self.runtime, length)[0]
@@ -175,7 +214,7 @@ def section_type(section: str) -> type:
 
 
 _SECTION_TYPES = {"model": ModelConfig, "adapter": AdapterConfig, "optim": OptimConfig, "tune": TuneConfig,
-                  "data": DataConfig, "runtime": RuntimeConfig}
+                  "design": DesignConfig, "data": DataConfig, "runtime": RuntimeConfig}
 
 
 def flat_fields() -> dict[str, tuple[str, object]]:

@@ -11,9 +11,11 @@ untouched). Those two times fix the cost of reading one document of L tokens,
 and every part of a cell is counted in units of t(L), with constants measured on the reference machine
 (2-core AMD EPYC, MiniLM, bf16-mixed; docs/sweep.md):
 
-    cell(L)  = SETUP_S + steps x KAPPA x batch(L) x t(L) + n_scored(L) x (t(L) + sum over longer reads t(L'))
-               [+ validation passes, n_val x t(L) each]
+    cell(L)  = SETUP_S + steps x KAPPA x batch(L) x t(L) + n_scored(L) x t(L) + n_read x sum over longer reads t(L')
+               [+ validation passes, n_val x t(L) each]    (a cost cell scores nothing: n_scored = n_read = 0;
+                                                            n_read = --read-docs, or n_scored)
     prep(L)  = BUILD_S x (1 + longer reads) + FEATURE_SHARE x (seeds x probe_examples + n_scored(L)) x t(L)
+               (the features only when the length's first cell fits a probe head: not before cost cells)
 
 SETUP_S is what a cell pays at 0 steps beyond its test documents (process start, backbone load, the probe
 head's fit from cached features, the memory pass, Lightning's setup): 15 s on the reference machine, whose
@@ -27,14 +29,9 @@ estimate is rough; the console says which it is.
 
 from __future__ import annotations
 
-import json
 import math
-import multiprocessing as mp
-import os
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from data_prep import get_task
 from ssmlora.lab.cell import CellConfig
@@ -104,29 +101,6 @@ def time_forwards(model_name: str, precision: str, device_type: str, threads: in
     return out
 
 
-def calibrate(cell: CellConfig, lengths: list[int]) -> Calibration:
-    """Time `cell`'s backbone here at the calibration lengths of `lengths` (every length the sweep reads): a few
-    seconds, most of them the child's start and the model's load."""
-    from ssmlora.sweep.child import run_calibration_child
-
-    runtime, at = cell.runtime, calibration_lengths(lengths)
-    settings = {"model_name": cell.model.model, "precision": runtime.precision, "device_type": runtime.device_type(),
-                "threads": runtime.torch_threads(), "lengths": at}
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "calibration.json"
-        proc = mp.get_context("spawn").Process(target=run_calibration_child, args=(settings, str(out), os.getpid()))
-        proc.start()
-        try:
-            proc.join()
-        except BaseException:  # Ctrl-C / SIGTERM: the calibration goes with the sweep
-            proc.kill()
-            raise
-        result = json.loads(out.read_text()) if out.exists() else {"error": f"exit code {proc.exitcode}"}
-    if "error" in result:
-        raise RuntimeError(result["error"])
-    return Calibration(at, tuple(result["seconds"]), runtime.device_type())
-
-
 def scored(cell: CellConfig, split: str = "test") -> int:
     """Documents one evaluation of `cell` scores: eval_tokens // L (at least min_eval), at most the split."""
     sizes = dict(zip(("train", "validation", "test"), get_task(cell.data.task).default_sizes))
@@ -141,8 +115,9 @@ def cell_seconds(cell: CellConfig, cal: Calibration) -> float:
     if cell.optim.epochs:
         steps = cell.optim.epochs * math.ceil(get_task(cell.data.task).default_sizes[0] / cell.batch_plan()[0])
     train = steps * KAPPA * cell.batch_plan()[0] * t
-    n = scored(cell, "validation" if cell.tuning else "test")
-    reads = n * (t + sum(cal.per_document(L) for L in cell.data.eval_lengths_for(cell.max_len)))
+    n = 0 if cell.role == "cost" else scored(cell, "validation" if cell.tuning else "test")
+    read = min(n, cell.data.read_docs or n)
+    reads = n * t + read * sum(cal.per_document(L) for L in cell.data.eval_lengths_for(cell.max_len))
     validations = (steps // cell.optim.val_every + 1) * scored(cell, "validation") * t if cell.optim.val_every else 0
     return SETUP_S + train + reads + validations
 
@@ -193,18 +168,24 @@ def clock(seconds: float) -> str:
 
 
 def table(cfg, est: Estimate) -> str:
-    """`--dry-run`'s table: estimated minutes per entry and length (all its seeds), the preparation steps and the
-    totals; a cell that already has a row counts 0."""
+    """`--dry-run`'s table: estimated minutes per entry and length (all its seeds; "-": no cell there), its cost
+    cells on a row of their own, the preparation steps and the totals."""
     lengths = sorted(cfg.lengths)
     rows = [["minutes", *map(str, lengths), "seeds"]]
     trials = sum(v for k, v in est.cells.items() if k.startswith("tune/"))
     if trials:
         rows.append(["tuning trials (validation)", f"{trials / 60:.1f} in all", *[""] * len(lengths)])
-    for variant in cfg.variants:
-        per_length = [sum(est.cells.get(cfg.cell(variant, L, s).tag(), 0.0) for s in cfg.seeds) for L in lengths]
-        rows.append([variant.label, *[f"{m / 60:.1f}" for m in per_length], ",".join(map(str, cfg.seeds))])
+    cells = cfg.cells()
+    for role in ("accuracy", "cost"):
+        for variant in cfg.variants:
+            mine = [c for c in cells if c.label == variant.label and c.role == role]
+            if mine:
+                per_length = [sum(est.cells.get(c.tag(), 0.0) for c in mine if c.max_len == L) for L in lengths]
+                seeds = sorted({c.seed for c in mine})
+                rows.append([variant.label + (" (cost)" if role == "cost" else ""),
+                             *[f"{m / 60:.1f}" if m else "-" for m in per_length], ",".join(map(str, seeds))])
     rows.append(["preparation (once per length)", *[f"{est.prep.get(L, 0.0) / 60:.1f}" for L in lengths], ""])
-    totals = [sum(est.cells.get(c.tag(), 0.0) for c in cfg.cells() if c.max_len == L) + est.prep.get(L, 0.0)
+    totals = [sum(est.cells.get(c.tag(), 0.0) for c in cells if c.max_len == L) + est.prep.get(L, 0.0)
               for L in lengths]
     rows.append(["total", *[f"{m / 60:.1f}" for m in totals], ""])
     widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(len(rows[0]))]

@@ -13,13 +13,15 @@ import multiprocessing as mp
 import os
 import pickle
 import signal
+import tempfile
 import time
 from pathlib import Path
 
 from results import RESULT_FILE, write_atomically
 from ssmlora.lab.cell import CellConfig
 from ssmlora.lab.runtime import RuntimeConfig
-from ssmlora.sweep.child import run_child, run_prep_child
+from ssmlora.sweep.child import run_calibration_child, run_child, run_prep_child
+from ssmlora.sweep.estimate import Calibration, calibration_lengths
 
 
 def _free_port() -> int:
@@ -131,3 +133,26 @@ def prepare_in_process(cell: CellConfig, seeds: list[int], probe_dir: Path) -> d
     how = "killed by the kernel (out of memory?)" if proc.exitcode == -signal.SIGKILL else f"exit code {proc.exitcode}"
     return {"status": f"failed: preparation process ended without a result ({how})",
             "prep_s": round(time.perf_counter() - start, 1)}
+
+
+def calibrate_in_process(cell: CellConfig, lengths: list[int]) -> Calibration:
+    """The estimate's calibration (ssmlora.sweep.estimate) in a fresh spawned process, so the sweep's own process,
+    whose memory an in-process cell measures, stays untouched: `cell`'s backbone timed at the calibration
+    lengths of `lengths` (every length the sweep reads), a few seconds, most of them the child's start and the
+    model's load. RuntimeError with the child's error when it fails."""
+    runtime, at = cell.runtime, calibration_lengths(lengths)
+    settings = {"model_name": cell.model.model, "precision": runtime.precision, "device_type": runtime.device_type(),
+                "threads": runtime.torch_threads(), "lengths": at}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "calibration.json"
+        proc = mp.get_context("spawn").Process(target=run_calibration_child, args=(settings, str(out), os.getpid()))
+        proc.start()
+        try:
+            proc.join()
+        except BaseException:  # Ctrl-C / SIGTERM: the calibration goes with the sweep
+            proc.kill()
+            raise
+        result = json.loads(out.read_text()) if out.exists() else {"error": f"exit code {proc.exitcode}"}
+    if "error" in result:
+        raise RuntimeError(result["error"])
+    return Calibration(at, tuple(result["seconds"]), runtime.device_type())

@@ -17,10 +17,30 @@ class Preset:
     settings: dict = field(default_factory=dict)  # flat setting names (SweepConfig.from_flat) -> values
 
 
+# The CPU design (docs/tuning-notes.md, "The CPU default"): accuracy where training moves the model and test
+# documents are cheap, cost curves once per method and length. Its budget and rates were selected on validation.
+CPU = {
+    "methods": ["lora", "ssmlora", "lora-at-ssmlora-lr", "lora-at-ssmlora-params"],
+    "seeds": [0, 1, 2],
+    "train_at": "shortest",
+    "eval_lengths": ["4x"],
+    "read_docs": 200,
+    "n_test": 600,
+    "eval_tokens": 600 * 512,
+    "max_steps": 20,
+    "tokens_per_step": 4096,
+    "cost_methods": ["lora", "ssmlora"],
+    "cost_steps": 4,
+}
+
 PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("full", "every entry trained and tested at every length, 3 seeds: the whole grid, sized for a GPU"),
+    Preset("cpu", "accuracy trained at the shortest length (3 seeds, up to 600 test documents, the first 200 read "
+                  "at 4x: C1 and C3) and cost cells for LoRA and SSMLoRA at every length; sized for a 2-core CPU",
+           CPU),
+    Preset("full", "every entry trained and tested at every length, 3 seeds: the whole grid (C1, C2), sized for a "
+                   "GPU"),
 )}
-DEFAULT_PRESET = "full"
+DEFAULT_PRESET = "cpu"
 
 
 def get_preset(name: str) -> Preset:

@@ -86,7 +86,8 @@ def row_key(cfg: SweepConfig, cell: CellConfig) -> tuple[str, ...]:
 def base_row(cfg: SweepConfig, cell: CellConfig) -> dict:
     return {
         "task": cfg.data.task, "model": cfg.model.model, "method": cell.method, **cfg.row_identity(cell.label),
-        "variant": cell.label, "max_len": cell.max_len, "seed": cell.seed, "precision": cfg.runtime.precision,
+        "variant": cell.label, "max_len": cell.max_len, "seed": cell.seed, "role": cell.role,
+        "precision": cfg.runtime.precision,
         "accelerator": cfg.runtime.device_type(), "devices": f"{cfg.runtime.devices}x{cfg.runtime.num_nodes}",
         "effective_batch": cell.batch_plan()[0], "lr": cell.lr, "selected_on": cell.selected_on,
     }
@@ -102,11 +103,12 @@ class Progress:
     def begin(self, i: int, cell: CellConfig) -> None:
         self.log(f"[{i}/{self.total}] {self.describe(cell)} ...", flush=True)
 
-    def prepared(self, length: int, figures: dict) -> None:
+    def prepared(self, length: int, figures: dict, features: bool = True) -> None:
         if figures.get("status") != "ok":
             self.log(f"[prep] L={length}: {figures.get('status')}; each cell builds what it needs", flush=True)
             return
-        self.log(f"[prep] L={length}: data and probe features ready, {figures['prep_s']:.0f} s (build "
+        ready = "data and probe features ready" if features else "data ready (cost cells: no probe)"
+        self.log(f"[prep] L={length}: {ready}, {figures['prep_s']:.0f} s (build "
                  f"{figures['build_s']:.0f} s, features {figures['features_s']:.0f} s), peak RSS "
                  f"{figures['peak_rss_mb']:.0f} MiB", flush=True)
 
@@ -125,7 +127,7 @@ class Progress:
 
     @staticmethod
     def describe(cell: CellConfig) -> str:
-        return f"{cell.label} L={cell.max_len} seed {cell.seed}"
+        return f"{cell.label} L={cell.max_len} seed {cell.seed}" + (" (cost)" if cell.role == "cost" else "")
 
 
 def _clock(seconds: float) -> str:
@@ -186,7 +188,7 @@ def run_sweep(cfg: SweepConfig, out: str | os.PathLike = "lightning_logs", name:
                 prepared.add(cell.max_len)
                 prep[str(cell.max_len)] = prepare_in_process(cell, cfg.seeds, paths.probe)
                 _write_config(cfg, folder, old_cfg, tuning, prep, plan)
-                progress.prepared(cell.max_len, prep[str(cell.max_len)])
+                progress.prepared(cell.max_len, prep[str(cell.max_len)], cell.optim.head_init == "probe")
             progress.begin(i, cell)
             cell_dir = paths.cell(cell.tag())
             if in_process:
@@ -277,7 +279,7 @@ def _interrupt(signum, frame) -> None:
 
 def results_table(rows: list[dict]) -> str:
     """A plain-text table of the main columns, for the terminal."""
-    cols = ["variant", "max_len", "seed", "status", "accuracy", "majority_rate", "macro_f1", "train_peak_mb",
+    cols = ["variant", "max_len", "seed", "role", "status", "accuracy", "majority_rate", "macro_f1", "train_peak_mb",
             "real_tokens_per_s", "step_time_s", "wall_s"]
 
     def fmt(v):

@@ -112,6 +112,10 @@ def check_settings(cfg: SweepConfig) -> None:
         if variant.trains_adapters and variant.lr is None:
             raise SweepError(f"--lr: method {variant.label!r} has no default learning rate: give --lr "
                              f"{variant.label}=VALUE")
+    stray = [m for m in cfg.design.cost_methods if m not in [v.label for v in cfg.variants]]
+    if stray:
+        raise SweepError(f"--cost-methods {stray[0]} is not an entry of --methods ({','.join(cfg.methods)}): a cost "
+                         f"cell measures an entry the sweep runs; add it to --methods or drop it here")
     if cfg.optim.max_steps <= 0 and cfg.optim.epochs <= 0:
         raise SweepError("--max-steps 0 and --epochs 0: give a positive number of steps or epochs")
     short = [L for L in cfg.lengths if L < MIN_LEN]
