@@ -92,6 +92,12 @@ def test_a_run_records_its_plan_and_a_resume_estimates_what_is_left(env, tmp_pat
     assert cli.main(argv) == 0  # resumed: nothing left to run
     assert capsys.readouterr().out.splitlines()[0].startswith("preset full: 1 cells, 0 to run, estimated 0 s")
     assert json.loads((tmp_path / "s" / "config.json").read_text())["plan"]["to_run"] == 0
+    from ssmlora.sweep.launch import calibrate_in_process
+
+    cell = SweepConfig.from_flat(model=str(env["bert"]), methods=["lora"], lengths=[64]).cell("lora", 64, 0)
+    first = calibrate_in_process(cell, [64, 128])
+    assert calibrate_in_process(cell, [64, 128]) is first  # once per process and settings
+    assert first.lengths == (64, 128) and all(t > 0 for t in first.seconds)
 
 
 def test_a_calibration_that_fails_leaves_the_run_without_an_estimate(env, tmp_path, capsys, monkeypatch):  # noqa: F811

@@ -143,6 +143,9 @@ def calibrate_in_process(cell: CellConfig, lengths: list[int]) -> Calibration:
     runtime, at = cell.runtime, calibration_lengths(lengths)
     settings = {"model_name": cell.model.model, "precision": runtime.precision, "device_type": runtime.device_type(),
                 "threads": runtime.torch_threads(), "lengths": at}
+    key = tuple(settings.items())
+    if key in _CALIBRATIONS:  # a process running several sweeps (budget_search, a notebook) calibrates once
+        return _CALIBRATIONS[key]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "calibration.json"
         proc = mp.get_context("spawn").Process(target=run_calibration_child, args=(settings, str(out), os.getpid()))
@@ -155,4 +158,8 @@ def calibrate_in_process(cell: CellConfig, lengths: list[int]) -> Calibration:
         result = json.loads(out.read_text()) if out.exists() else {"error": f"exit code {proc.exitcode}"}
     if "error" in result:
         raise RuntimeError(result["error"])
-    return Calibration(at, tuple(result["seconds"]), runtime.device_type())
+    _CALIBRATIONS[key] = Calibration(at, tuple(result["seconds"]), runtime.device_type())
+    return _CALIBRATIONS[key]
+
+
+_CALIBRATIONS: dict[tuple, Calibration] = {}  # per process: settings -> its calibration
