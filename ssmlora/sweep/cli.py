@@ -204,14 +204,15 @@ def plan_run(cfg: SweepConfig, folder, args, argv: list[str] | None) -> tuple[di
     without an estimate, said on the first line; the cells then record their own failures."""
     preset = get_preset(args.preset)
     pending = pending_cells(cfg, folder, args.retry_failed)
-    total, trials = len(cfg.cells()), sum(c.tuning for c in pending)
+    cells = cfg.cells()
+    total, trials = len(cells), sum(c.tuning for c in pending)
     plan = {"preset": preset.name, "purpose": preset.purpose, "settings": preset.settings, "cells": total,
             "to_run": len(pending) - trials, "trials_to_run": trials}
     head = (f"preset {preset.name}: {total} cells, {len(pending) - trials} to run"
             + (f" after {trials} tuning trials" if trials else ""))
     first = cfg.cell(cfg.variants[0], min(cfg.lengths), cfg.seeds[0])
     try:
-        reads = [L for c in cfg.cells() for L in (c.max_len, *c.data.eval_lengths_for(c.max_len))]
+        reads = [L for c in cells for L in (c.max_len, *c.data.eval_lengths_for(c.max_len))]
         cal = calibrate_in_process(first, reads)
     except Exception as err:  # noqa: BLE001 - the estimate is advice; the run goes on without it
         return plan, [f"{head}, no estimate (the calibration failed: {str(err)[:160]})"]
@@ -221,14 +222,15 @@ def plan_run(cfg: SweepConfig, folder, args, argv: list[str] | None) -> tuple[di
              f"{cal.describe()}; docs/sweep.md#presets-and-the-estimate)"]
     if preset.name != "full":  # what the whole grid would add: the report's C2 row and a GPU user need it
         full = config_from_args(parse_args(argv, "full"))
-        extra = [c for c in full.cells() if c.tag() not in {d.tag() for d in cfg.cells()}]
+        mine = {c.tag() for c in cells}
+        extra = [c for c in full.cells() if c.tag() not in mine]
         more = estimate(extra, full.seeds, cal, prepares=not args.in_process)
         plan["full"] = {"cells": len(extra), "estimate_s": round(more.total_s), "device": cal.device}
         if cal.device == "gpu":
             lines.append(f"this machine has a CUDA device: --preset full would add {len(extra)} cells (every entry "
                          f"trained at every length; C2 needs them), about {clock(more.total_s)} here")
     if args.dry_run:
-        lines.append(table(cfg, estimate(cfg.cells(), cfg.seeds, cal, not args.in_process)))
+        lines.append(table(cfg, estimate(cells, cfg.seeds, cal, not args.in_process)))
     return plan, lines
 
 
