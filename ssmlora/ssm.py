@@ -26,10 +26,8 @@ The normalisation `N` (`AdapterConfig.norm`), with `R = max - min` of the token'
 - ``smooth``: `(h_next - min) / sqrt(R^2 + 1)`. Where `R >> 1` it is the min-max map; where `R << 1` it is
   only a shift, so a near-flat state is no longer stretched to [0, 1] and the derivative is bounded by 1
   whatever the state. The output stays in [0, 1) (the reason for normalising), and 1 is the range the exact
-  map would give, so the two agree in scale. Measured on the tiny test models (LLaMA, BERT) at init with
-  `Wb ~ N(0, 0.02)`, largest |gradient| of one kind of matrix over the largest of the other kinds: minmax
-  ~5·10^4 (Wd); min and max as constants in backward ~5·10^4; a range floor sqrt(float32 eps) ~140;
-  smooth ~20 (Wb leads, as B does in LoRA while it is small).
+  map would give, so the two agree in scale. The gradient ratios of each choice, measured, are in
+  docs/adapters.md (SSMLoRA, "Normalisation N").
 
 Init: `Wa` ~ N(0, 1/r), `Wb = Wc = Wd = 0`, first state 0, so the adapted model starts as the frozen one.
 

@@ -37,6 +37,7 @@ def args(env, out, *extra) -> list[str]:
 
 
 @pytest.mark.parametrize("method", ["ssmlora", "ssmlora:scan"])
+@pytest.mark.slow
 def test_two_process_ddp_cell_matches_one_process_evaluation(env, tmp_path, capsys, method):
     """DDP here runs without find_unused_parameters, so a trainable parameter left without a gradient in one
     step fails the next forward on every rank: 3 steps that finish ok mean every parameter had its gradient in
@@ -175,6 +176,7 @@ def test_adapters_wrap_rather_than_replace_base_linears():
     assert len(frozen) >= len(wrappers) - 1  # all but a trained classifier head keep their base frozen
 
 
+@pytest.mark.slow
 def test_failed_ddp_cell_is_recorded_without_hanging(env, tmp_path):
     from ssmlora.sweep.cli import main
 

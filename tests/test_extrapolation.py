@@ -34,6 +34,7 @@ def rows_of(path):
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_variants_and_extrapolation_end_to_end(env, tmp_path, capsys):
     from ssmlora.sweep.cli import main
 
@@ -176,6 +177,7 @@ def test_bad_input_is_one_line_and_exit_2(env, tmp_path, capsys, monkeypatch, ex
     assert not (tmp_path / "s" / "cells").exists()  # nothing was trained
 
 
+@pytest.mark.slow
 def test_extrapolation_differences_find_a_planted_difference_and_none_between_twins(env, tmp_path, monkeypatch):
     """tests/test_tuning.py's planted pair, read to 2x: `blind` (always class 0) is found below lora at the longer
     length too; `twin` (LoRA under another name) equals lora there, and every method equals itself read further

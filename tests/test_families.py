@@ -15,6 +15,7 @@ VARIANTS = ["lora", "ssmlora:depth", "ssmlora:scan"]
 
 
 @pytest.mark.parametrize("family", ["modernbert", "llama", "qwen3", "gpt2"])
+@pytest.mark.slow
 def test_a_tiny_sweep_runs_on_a_saved_folder_of_each_family(family, tmp_path, capsys):
     folder = save_tiny_backbone(tmp_path / family, family, max_positions=128)
     sizes = {"n_train": 24, "n_validation": 8, "n_test": 12}

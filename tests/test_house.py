@@ -10,6 +10,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -113,6 +114,7 @@ def test_a_method_registered_from_a_test_file_runs_a_tiny_sweep(tmp_path):
         unregister_method("bias")
 
 
+@pytest.mark.slow
 def test_readme_fits_a_screen_its_links_resolve_and_its_main_command_validates(tmp_path):
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 200

@@ -24,6 +24,7 @@ def bert(tmp_path_factory):
     return save_tiny_backbone(tmp_path_factory.mktemp("mem") / "bert", "bert", max_positions=64)
 
 
+@pytest.mark.slow
 def test_train_peak_is_the_same_with_cold_and_warm_caches(tmp_path, monkeypatch):
     # The default sweep's backbone and settings at 512 tokens, two steps. Cold: the cell builds the data set (in a
     # child process) and extracts the probe's features; warm: both are cached. A single-threaded tokenizer
@@ -71,6 +72,7 @@ def test_per_sequence_exponent_follows_the_kernel(bert, attn, low, high):
     assert low <= fit_exponent(*zip(*points)) <= high
 
 
+@pytest.mark.slow
 def test_frontier_is_longer_with_checkpointing(bert, tmp_path):
     from ssmlora.sweep.frontier import run_frontier
 

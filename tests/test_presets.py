@@ -113,6 +113,7 @@ def test_a_calibration_that_fails_leaves_the_run_without_an_estimate(env, tmp_pa
 
 # ---------------------------------------------------------------- the CPU design: train short, read long, cost apart
 
+@pytest.mark.slow
 def test_the_cpu_design_trains_short_reads_long_and_measures_cost_apart(env, tmp_path):  # noqa: F811
     """--preset cpu's shape on a tiny sweep: accuracy cells at the shortest length only, their first --read-docs
     documents read at 2x, cost cells (no test, --cost-steps steps) at every length; the report's cost figures

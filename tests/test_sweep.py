@@ -41,9 +41,10 @@ def rows_of(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_sweep_survives_sigkill_and_resumes(env):
     out = env["base"] / "kill"
-    cmd = RUN + tiny_args(env, out, "--lengths", "64,128", "--methods", "lora,ssmlora")
+    cmd = RUN + tiny_args(env, out, "--lengths", "64", "--methods", "lora,ssmlora")  # two cells: kill after the first
     results = out / "s" / "results.csv"
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -53,16 +54,16 @@ def test_sweep_survives_sigkill_and_resumes(env):
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its cell process, mid-sweep
     proc.wait()
     kept = rows_of(results)
-    assert 1 <= len(kept) < 4 and all(r["status"] == "ok" for r in kept)
+    assert len(kept) == 1 and kept[0]["status"] == "ok"
 
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("skipped") == len(kept)
-    assert "[4/4] ssmlora L=128 seed 0: ok" in done.stdout
+    assert "[2/2] ssmlora L=64 seed 0: ok" in done.stdout
     assert "examples/s" not in done.stdout + done.stderr  # no datasets progress bar ("Flattening the indices")
     rows = rows_of(results)
-    assert list(rows[0]) == COLUMN_NAMES and len(rows) == 4
-    assert {(r["method"], r["max_len"]) for r in rows} == {(m, L) for m in ("lora", "ssmlora") for L in ("64", "128")}
+    assert list(rows[0]) == COLUMN_NAMES and len(rows) == 2
+    assert {(r["method"], r["max_len"]) for r in rows} == {("lora", "64"), ("ssmlora", "64")}
     for r in rows:
         assert 0 <= float(r["accuracy"]) <= 1 and 0 < float(r["majority_rate"]) <= 1
         assert float(r["padded_tokens_per_s"]) >= float(r["real_tokens_per_s"]) > 0
@@ -72,7 +73,7 @@ def test_sweep_survives_sigkill_and_resumes(env):
                 "identity", "environment"):
         assert key in config
     assert set(config["config"]) == {"model", "adapter", "optim", "tune", "design", "data", "runtime"}
-    assert config["lengths"] == [64, 128] and set(config["config"]["adapter"]) >= {"r", "alpha", "dropout", "targets",
+    assert config["lengths"] == [64] and set(config["config"]["adapter"]) >= {"r", "alpha", "dropout", "targets",
                                                                                  "scale", "ssm_mode"}
     assert config["resolved"]["device"] == "cpu" and config["resolved"]["lr"] == {"lora": 5e-3, "ssmlora": 5e-3}
     assert {"python", "torch", "transformers", "lightning", "platform", "device_name", "cpu_count"} <= set(
@@ -170,6 +171,7 @@ def test_a_hub_task_offline_is_one_line_and_exit_2_in_seconds(env, tmp_path, cap
     assert not (tmp_path / "s" / "cells").exists()
 
 
+@pytest.mark.slow
 def test_cell_peak_memory_does_not_depend_on_earlier_cells(env, tmp_path):
     cfg = SweepConfig.from_flat(model=str(env["bert"]), task="topic-mix", cache_dir=str(env["cache"]), max_steps=2,
                                 tokens_per_step=4096, micro_tokens=4096, lr={"*": 5e-3}, **SIZES)
@@ -202,6 +204,7 @@ def test_stopping_the_sweep_ends_its_cell_process(env, tmp_path, sig):
         assert proc.returncode == 130 and "rerun the same command to resume" in proc.stderr.read()
 
 
+@pytest.mark.slow
 def test_each_length_is_prepared_once_and_its_cells_start_warm(env, tmp_path):
     """The preparation step fills the data and probe caches before a length's first cell, in a process of its own,
     with the features a cell would extract itself: the same tensors and the same accuracy as a sweep without it."""

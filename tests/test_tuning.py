@@ -76,6 +76,7 @@ def test_a_tuning_cell_that_would_score_the_test_split_fails(env, tmp_path, monk
         run_cell(_cell(env, tuning=True), tmp_path / "cell")
 
 
+@pytest.mark.slow
 def test_tune_lr_selects_on_validation_records_the_choice_and_resumes(env, tmp_path, capsys):
     args = _args(env, tmp_path, "t", "--methods", "lora,ssmlora", "--tune", "lr", "--tune-grid", "lora=1e-4,1e-2",
                  "ssmlora=1e-5,1e-3")

@@ -99,6 +99,7 @@ def _flags(env, out, *extra) -> list[str]:
             "--probe-examples", "16", "--lengths", "64", "--seeds", "0", "--out", str(out), "--name", "s", *extra]
 
 
+@pytest.mark.slow
 def test_each_control_reaches_its_cell_with_the_stated_rate_and_size(env, tmp_path):
     """A tiny sweep of the methods and every built-in control: each row carries its entry, the rate the control
     states, and the parameter-matched LoRA's adapter count is the counted one, within 10 % of SSMLoRA's."""

@@ -3,8 +3,8 @@ measured phases come from a pass of their own.
 
 Why a pass of its own: RSS follows freed tensors only with glibc's mmap threshold fixed low
 (`configure_allocator_for_measurement`), and that setting makes every CPU training step pay for the figure: the
-CPU flash-attention kernels' block buffers become a fresh, zeroed mmap each, a third of the CPU time went to the
-kernel, and a step at 4096 tokens ran 1.33-1.42x slower. `mallopt` cannot be undone within a process (it turns
+CPU flash-attention kernels' block buffers become a fresh, zeroed mmap each, and the kernel time that costs
+slows every long step (docs/sweep.md, "How a cell is measured"). `mallopt` cannot be undone within a process (it turns
 glibc's dynamic threshold off for good), so the cell forks before it computes anything; the child sets the
 measurement allocator, repeats the cell's phases in short (`ssmlora.lab.cell.measure_memory`: build, probe,
 one optimizer step and one micro-batch more, `EVAL_BATCHES` batches of validation) and sends back its figures;

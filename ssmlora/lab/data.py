@@ -86,14 +86,13 @@ DATA_SEED = 0
 def task_data(cfg: DataConfig, length: int, tokenizer: str, into: dict | None = None):
     """data_prep's DatasetDict of `cfg.task` at `length` (built with DATA_SEED), from its cache, read into memory.
 
-    In memory, not memory-mapped: a mapped split's pages join the RSS of whichever phase first reads them. A cell
-    whose probe had just read the train split (cold probe cache) started training with 12.4 MiB of its pages
-    resident, the same cell on a warm probe cache with 0.2 MiB, so its training rise was 12.5 MiB higher (LoRA,
-    4096 tokens: 471.0 against 458.5 MiB). Read here, the splits belong to the build phase in every cell.
+    In memory, not memory-mapped: a mapped split's pages join the RSS of whichever phase first reads them, so a
+    cell's training figure would depend on whether its probe had just read the train split. Read here, the splits
+    belong to the build phase in every cell.
 
-    A cache miss is built in a forked child process first, so this process never tokenizes. Tokenizing here
-    left the heap fragmented: with TOKENIZERS_PARALLELISM=false (the tokenizer then runs on this thread) a cell
-    that built its data trained at 101.9 MiB of RSS rise against 88.0 MiB for the same cell on a warm cache.
+    A cache miss is built in a forked child process first, so this process never tokenizes: tokenizing here
+    leaves the heap fragmented and a cold cell's training figure above a warm one's (docs/sweep.md, "How a cell
+    is measured").
     Fork, not spawn: the child sees tasks registered in this process. `into` gets the child's figures
     (`data_build_*` of `PhaseMeter`). Where fork is missing (Windows) the build runs here.
     """

@@ -41,9 +41,9 @@ from ssmlora.lab.memory import (MiB, PhaseMeter, SavedActivationCounter, fit_exp
 
 # glibc's mmap threshold during the frontier's steps (`configure_allocator_for_measurement`). The cells use
 # 64 KiB, so a tensor of 64-512 KiB leaves RSS when freed; here speed wins: at 64 KiB the CPU flash-attention
-# kernels' block buffers (just under 512 KiB) are a fresh mmap each, and a checkpointed step at 32K tokens took
-# 340 s against 225 s, for the same peak (1361 against 1363 MiB). The answer is a step at a long L, where the
-# adapters' per-token tensors (L x r x 4 bytes: 512 KiB from 16K tokens at r = 8) are above 512 KiB anyway.
+# kernels' block buffers (just under 512 KiB) are a fresh mmap each, which makes a long step much slower for the
+# same peak (docs/results.md, "Max-context frontier"). The answer is a step at a long L, where the adapters'
+# per-token tensors (L x r x 4 bytes: 512 KiB from 16K tokens at r = 8) are above 512 KiB anyway.
 FRONTIER_MMAP_THRESHOLD = 512 * 1024
 
 

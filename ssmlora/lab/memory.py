@@ -278,12 +278,12 @@ def configure_allocator_for_measurement(mmap_threshold: int = MMAP_THRESHOLD) ->
     A fixed threshold stops that. Same effect as starting the process with `MALLOC_MMAP_THRESHOLD_=65536`
     (the environment is only read at start-up; this call works any time, best before the large allocations).
     Why 64 KiB: tensors under the threshold share glibc's heap with the step's transients, and the heap's holes
-    count in RSS. SSMLoRA's rank-8 per-token tensors are 128 KiB at 4096 tokens; at a 512 KiB threshold its
-    training rise at 4096 was 8.1 MiB above what its count explains relative to LoRA's (442.4 against 458.3
-    MiB, counted 399.4 against 423.6), at 64 KiB 1.3 MiB (433.8 against 456.7). The price: the CPU
-    flash-attention kernels' block buffers (just under 512 KiB) become a fresh mmap each, so a step at 4096 is
-    1.33-1.42x slower than at 512 KiB; a cell therefore sets it only in its memory pass, a forked child
-    (ssmlora.lab.cell_memory). `ssmlora.lab.frontier.FRONTIER_MMAP_THRESHOLD` takes the other side of the trade. Returns False where glibc is absent (musl, macOS, Windows): harmless.
+    count in RSS. SSMLoRA's rank-8 per-token tensors are 128 KiB at 4096 tokens, so at a higher threshold its
+    training figure holds holes that LoRA's does not (docs/sweep.md, "How a cell is measured"). The price: the
+    CPU flash-attention kernels' block buffers (just under 512 KiB) become a fresh mmap each, so a step is
+    slower; a cell therefore sets it only in its memory pass, a forked child (ssmlora.lab.cell_memory).
+    `ssmlora.lab.frontier.FRONTIER_MMAP_THRESHOLD` takes the other side of the trade. Returns False where glibc
+    is absent (musl, macOS, Windows): harmless.
     """
     mallopt = getattr(_LIBC, "mallopt", None)
     return bool(mallopt and mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1)

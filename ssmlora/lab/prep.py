@@ -2,9 +2,9 @@
 
 It builds the task's splits at the length (and at the extrapolation's longer lengths, with --eval-lengths) into
 the data cache and extracts the linear probe's frozen features into the probe cache: the training rows of every
-seed and the test documents (ssmlora.lab.probe). Why a step of its own: a cell that found these caches cold built them inside its own wall time and memory pass, so the first
-method at each length paid for every method (LoRA's cell at 4096 took 362 s, SSMLoRA's after it 200 s), and
-`wall_s` compared a cold cell with warm ones. After this step every cell starts warm, and the shared cost has
+seed and the test documents (ssmlora.lab.probe). Why a step of its own: a cell that found these caches cold
+built them inside its own wall time and memory pass, so the first method at each length paid for every method
+and `wall_s` compared a cold cell with warm ones. After this step every cell starts warm, and the shared cost has
 its own time and memory.
 
 The features are those a cell would extract itself: the backbone is built as the length's first cell builds it,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import typing
 
@@ -162,7 +163,40 @@ def build_parser() -> argparse.ArgumentParser:
         hints = typing.get_type_hints(section_type(section))
         default = f.default_factory() if callable(f.default_factory) else f.default
         _argument(p, name, hints[name], default, f.metadata)
+    _say_preset_defaults(p)
     return p
+
+
+def _shown(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "none"
+    return "none" if value in (None, "") else str(value)
+
+
+def _say_preset_defaults(p: argparse.ArgumentParser) -> None:
+    """--help gives the default a plain run uses: a setting a preset changes shows each preset's value."""
+    for action in p._actions:
+        if any(preset.settings.get(action.dest, action.default) != action.default for preset in PRESETS.values()):
+            said = re.search(r" \(default: ([^)]*)\)", action.help)  # the tree's default in words: the task's
+            tree = said.group(1) if said else _shown(action.default)
+            text = action.help.replace(said.group(0), "") if said else action.help
+            values = ", ".join(f"{_shown(preset.settings[action.dest]) if action.dest in preset.settings else tree}"
+                               f" under --preset {name}" for name, preset in PRESETS.items())
+            action.help = f"{text} (default: {values})"
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The settings written on the command line (argparse fills a default only where the namespace has none)."""
+    unset = object()
+    namespace = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != "help"})
+    parser.parse_args(argv, namespace)
+    return {name for name, value in vars(namespace).items() if value is not unset}
+
+
+def _preset_cost_entries(preset_entries: list[str], methods: list[str]) -> list[str]:
+    """A preset's cost methods over the --methods given: each keeps the entries of its method, variants included
+    (`ssmlora` -> `ssmlora:depth`, `ssmlora:scan`), so a preset never names an entry the grid does not run."""
+    return [e for e in methods if any(e == m or e.startswith(m + ":") for m in preset_entries)]
 
 
 def lengths_from(args) -> list[int]:
@@ -194,6 +228,9 @@ def parse_args(argv: list[str] | None = None, preset: str | None = None) -> argp
     parser.set_defaults(**get_preset(chosen).settings)
     args = parser.parse_args(argv)
     args.preset = chosen
+    given = given_flags(parser, argv)
+    if "cost_methods" in get_preset(chosen).settings and "methods" in given and "cost_methods" not in given:
+        args.cost_methods = _preset_cost_entries(args.cost_methods, args.methods)
     return args
 
 

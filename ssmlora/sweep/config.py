@@ -97,7 +97,8 @@ class SweepConfig:
     lengths: list[int] = field(default_factory=lambda: [512, 1024, 2048, 4096], metadata={
         "help": "grid: context lengths L in tokens"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={
-        "help": "grid: seeds, comma-separated; the paired intervals resample seeds, then documents within each",
+        "help": "grid: seeds, comma-separated; a seed varies adapter init, dropout, batch order and the probe's "
+                "documents, never the data: every seed scores the same test documents (crossed)",
         "ge": 0, "integer": True})
     model: ModelConfig = field(default_factory=ModelConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)

@@ -8,8 +8,8 @@ untouched). Those two times fix the cost of reading one document of L tokens,
     t(L) = a L + b L^2      (projections and MLP grow as L, attention's scores as L^2; b >= 0; b = 0 when the
                              sweep reads one length only),
 
-and every part of a cell is counted in units of t(L), with constants measured on the reference machine
-(2-core AMD EPYC, MiniLM, bf16-mixed; docs/sweep.md):
+and every part of a cell is counted in units of t(L), with constants fitted on a reference machine (a 2-core
+CPU, MiniLM, bf16-mixed; the fit is in docs/tuning-notes.md, "What a verdict costs"):
 
     cell(L)  = SETUP_S + steps x KAPPA x batch(L) x t(L) + n_scored(L) x t(L) + n_read x sum over longer reads t(L')
                [+ validation passes, n_val x t(L) each]    (a cost cell scores nothing: n_scored = n_read = 0;
@@ -18,13 +18,11 @@ and every part of a cell is counted in units of t(L), with constants measured on
                (the features only when the length's first cell fits a probe head: not before cost cells)
 
 SETUP_S is what a cell pays at 0 steps beyond its test documents (process start, backbone load, the probe
-head's fit from cached features, the memory pass, Lightning's setup): 15 s on the reference machine, whose
-measured cells it reproduces within 15 % (25 / 25 / 32 / 69 s at 0 steps, 85 / 115 / 160 / 254 s at 15 steps).
-KAPPA, a training sequence's cost in forward passes of it, is 6 there (5.0-7.5 over 512-4096), and the probe's
-feature extraction costs FEATURE_SHARE = 0.7 forward passes per document (its measured preparation steps,
-31 / 51 / 100 / 320 s, are reproduced within 15 %). On another
-machine the constants are guesses scaled by the calibration, and on a GPU the fixed costs dominate and the
-estimate is rough; the console says which it is.
+head's fit from cached features, the memory pass, Lightning's setup). KAPPA is a training sequence's cost in
+forward passes of it (a backward costs about twice a forward, plus the optimizer and autocast's copies), and
+FEATURE_SHARE the probe's feature extraction per document in forward passes (no head, no gradients). On another
+machine the constants are scaled by the calibration, and on a GPU the fixed costs dominate and the estimate is
+rough; the console says which it is.
 """
 
 from __future__ import annotations
