@@ -117,7 +117,11 @@ def test_a_method_registered_from_a_test_file_runs_a_tiny_sweep(tmp_path):
 @pytest.mark.slow
 def test_readme_fits_a_screen_its_links_resolve_and_its_main_command_validates(tmp_path):
     readme = (ROOT / "README.md").read_text()
-    assert len(readme.splitlines()) <= 200
+    assert len(readme.splitlines()) <= 112  # a front page; measurement logs live in docs/results.md
+    screen = "\n".join(readme.splitlines()[:40])  # the first screen: question, figure, both commands, timings, output
+    assert "trade accuracy against memory and speed" in screen and "![" in screen
+    assert screen.count("```bash") == 2 and "experiments/run.py" in screen and "pytest" in screen
+    assert "Measured: " in screen and "an estimate, not yet measured" in screen and "lightning_logs/" in screen
     for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
             if not target.startswith(("http://", "https://", "mailto:")):
