@@ -29,6 +29,7 @@ from typing import Callable
 
 RESULTS_FILE = "results.csv"
 CONFIG_FILE = "config.json"
+SETTINGS_FILE = "config.yaml"  # every setting by its flag's name: `--config` runs the sweep again
 REPORT_FILE = "report.md"
 RESULT_FILE = "result.json"  # a cell's outcome, in its folder
 EXTRAPOLATION_FILE = "extrapolation.csv"
@@ -120,6 +121,10 @@ class SweepFolder:
     @property
     def config(self) -> Path:
         return self.root / CONFIG_FILE
+
+    @property
+    def settings(self) -> Path:
+        return self.root / SETTINGS_FILE
 
     @property
     def results(self) -> Path:

@@ -1,4 +1,8 @@
-"""Adapter checkpoints: `adapter_config.json` + `adapter_model.safetensors`, as PEFT lays them out.
+"""Adapter checkpoints: `adapter_config.json` + `adapter_model.safetensors`, as PEFT names its files.
+
+Two formats share those names. This library's (`format="ssmlora"`, the default) holds any method. PEFT's
+(`format="peft"`, LoRA only; ssmlora.peft_format) is a folder `peft.PeftModel.from_pretrained` loads;
+`load_adapters` reads either, telling them apart by the config's `peft_type`.
 
 The safetensors file holds only what training changed: adapter matrices, the head (if trained) and, in
 SSMLoRA's ``carry`` mode, the carried states. A carry-mode score depends on the state the evaluation started
@@ -18,10 +22,10 @@ from safetensors.torch import load_file, save_file
 
 from ssmlora.config import AdapterConfig
 from ssmlora.inject import BUS_NAME, inject_adapters, model_fingerprint
+from ssmlora.peft_format import CONFIG_NAME, WEIGHTS_NAME, is_peft_folder, load_peft, save_peft
 from ssmlora.ssm import SSMStateBus
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
+FORMATS = ("ssmlora", "peft")
 FORMAT_VERSION = 1
 _STATE_PREFIX = "ssm_state::"
 
@@ -62,16 +66,22 @@ def load_ssm_state(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
 
 
 def save_adapters(
-    model: nn.Module, directory: str | Path, ssm_state: dict[str, torch.Tensor] | None = None
+    model: nn.Module, directory: str | Path, ssm_state: dict[str, torch.Tensor] | None = None,
+    format: str = "ssmlora",  # noqa: A002 - the word users know from PEFT and safetensors
 ) -> Path:
     """Write the trained adapter (and head) weights of `model` to `directory`.
 
     In ``carry`` mode the carried SSMLoRA states are written too: `ssm_state` (a `ssm_state_snapshot`, e.g. the
-    one taken before the test score) if given, else the model's live state.
+    one taken before the test score) if given, else the model's live state. `format="peft"` writes a LoRA as
+    PEFT does (ssmlora.peft_format).
     """
+    if format not in FORMATS:
+        raise ValueError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
     config: AdapterConfig | None = getattr(model, "adapter_config", None)
     if config is None:
         raise ValueError("this model has no adapters: call inject_adapters(model, config) first")
+    if format == "peft":
+        return save_peft(model, directory)
     bus = _carry_bus(model)
     if ssm_state is not None and bus is None and ssm_state:
         raise ValueError("ssm_state given, but this model carries no SSMLoRA state (not SSMLoRA in carry mode)")
@@ -104,11 +114,14 @@ def _saved_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def load_adapters(model: nn.Module, directory: str | Path) -> nn.Module:
-    """Load a `save_adapters` checkpoint into `model` (injecting its adapters first if it has none)."""
+    """Load a `save_adapters` checkpoint, or a PEFT LoRA folder, into `model` (injecting its adapters first if it
+    has none; a PEFT folder needs a fresh model)."""
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if not config_path.exists() or not weights_path.exists():
         raise FileNotFoundError(f"{directory} is not an adapter checkpoint: it needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+    if is_peft_folder(directory):
+        return load_peft(model, directory)
     meta = json.loads(config_path.read_text())
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(

@@ -101,7 +101,7 @@ def run_cell(cfg: CellConfig, cell_dir: str | os.PathLike, probe_dir: str | os.P
     scores, state = test_phase(fit, built.model, meter, device)
     test_s = time.perf_counter() - test_start
     costs = cost_fields(cfg, built, fit, meter, counted, device)
-    save_outputs(built, fit, state, probe_rows, cell_dir)
+    save_outputs(built, fit, state, probe_rows, cell_dir, keep=cfg.runtime.save_adapters)
     longer = score_longer(cfg, fit.trainer, fit.module, built.data["test"], scores,
                           resolve_model_path(cfg.model.model), built.pad_id, cfg.batch_plan()[1],
                           cell_dir) if cfg.data.eval_lengths else []
@@ -276,12 +276,18 @@ def test_phase(fit: Fit, model: torch.nn.Module, meter: Meter, device) -> tuple[
     return scores, state
 
 
-def save_outputs(built: Built, fit: Fit, state: dict, probe_rows: list[dict], cell_dir: Path) -> None:
-    """The tested adapters (identical on every rank), the per-document predictions and the probe's, by rank 0."""
+def save_outputs(built: Built, fit: Fit, state: dict, probe_rows: list[dict], cell_dir: Path,
+                 keep: str = "ssmlora") -> None:
+    """The tested adapters (identical on every rank) in the format `keep` names (`--save-adapters`), the
+    per-document predictions and the probe's, by rank 0."""
     predictions = gather_predictions(fit.trainer, fit.module.predictions)  # every rank takes part
     if fit.trainer.is_global_zero:
         ids = doc_ids(built.data["test"])
-        save_adapters(built.model, cell_dir / "adapter", ssm_state=state)
+        if keep != "none":
+            config = getattr(built.model, "adapter_config", None)
+            lora = config is not None and config.method == "lora"
+            save_adapters(built.model, cell_dir / "adapter", ssm_state=state,
+                          format="peft" if keep == "peft" and lora else "ssmlora")
         write_predictions(cell_dir / predictions_file(), predictions, ids)
         if probe_rows:
             write_predictions(cell_dir / PROBE_PREDICTIONS_FILE, probe_rows, ids)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 STRATEGIES = ("auto", "ddp", "fsdp")
 ACCELERATORS = ("auto", "cpu", "gpu")
+ADAPTER_FORMATS = ("ssmlora", "peft", "none")
 
 
 @dataclass
@@ -39,8 +40,13 @@ class RuntimeConfig:
         "help": "torch threads per process (0: CPU cores // devices)", "ge": 0, "integer": True})
     verbose: bool = field(default=False, metadata={
         "help": "show library warnings, Lightning's info lines and the weight-loading bar"})
+    save_adapters: str = field(default="ssmlora", metadata={
+        "help": "keep each cell's tested adapters and head in cells/<cell>/adapter/: ssmlora (this library's "
+                "format, any method; load_adapters reads it) | peft (a LoRA entry as PEFT's folder, which "
+                "peft.PeftModel.from_pretrained loads; other methods have no PEFT tuner and keep ssmlora's) | "
+                "none", "choices": ADAPTER_FORMATS})
 
-    NOT_IDENTITY = ("threads", "verbose")  # how fast or how loud, never what is computed
+    NOT_IDENTITY = ("threads", "verbose", "save_adapters")  # how fast, how loud, what is kept: never what is computed
 
     @property
     def world_size(self) -> int:

@@ -24,6 +24,7 @@ from ssmlora.lab.memory import parse_size
 from ssmlora.lab.runtime import is_rank_zero
 from ssmlora.sweep.variants import VariantError
 from ssmlora.sweep.config import GRID, SweepConfig, flat_fields, section_type
+from ssmlora.sweep.config_file import ConfigFileError, read_config_file
 from ssmlora.sweep.estimate import clock, estimate, table
 from ssmlora.sweep.launch import calibrate_in_process
 from ssmlora.sweep.presets import DEFAULT_PRESET, PRESETS, get_preset
@@ -151,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="validate everything, print the cell count and the estimated minutes per entry and length, "
                         "train nothing")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="settings from a YAML or JSON file, by the flags' names (max_steps: 40, methods: [lora, "
+                        "ssmlora]); flags given beside it win; every sweep folder holds a config.yaml that runs "
+                        "it again")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
                    help="named defaults of the grid, under any flag given: "
                         + "; ".join(f"{p.name}: {p.purpose}" for p in PRESETS.values()))
@@ -222,13 +227,24 @@ def config_from_args(args) -> SweepConfig:
 
 
 def parse_args(argv: list[str] | None = None, preset: str | None = None) -> argparse.Namespace:
-    """The command line over the defaults of its --preset (or of `preset`, which overrides it)."""
+    """The command line over its --config file over the defaults of its --preset (or of `preset`, which
+    overrides both the flag and the file's choice)."""
     parser = build_parser()
-    chosen = preset or parser.parse_known_args(argv)[0].preset
+    first, given = parser.parse_known_args(argv)[0], given_flags(parser, argv)
+    from_file = {}
+    if first.config:
+        try:
+            from_file = read_config_file(first.config, parser)
+        except ConfigFileError as err:
+            parser.error(str(err))
+        if given & {"min_len", "max_len"} and "lengths" not in given:
+            from_file.pop("lengths", None)  # lengths written out in the file give way to --min-len/--max-len
+    chosen = preset or (first.preset if "preset" in given else from_file.get("preset", DEFAULT_PRESET))
     parser.set_defaults(**get_preset(chosen).settings)
+    parser.set_defaults(**from_file)
     args = parser.parse_args(argv)
     args.preset = chosen
-    given = given_flags(parser, argv)
+    given |= set(from_file)
     if "cost_methods" in get_preset(chosen).settings and "methods" in given and "cost_methods" not in given:
         args.cost_methods = _preset_cost_entries(args.cost_methods, args.methods)
     return args

@@ -2,6 +2,7 @@
 
 Layout of a sweep folder `<out>/<name>/`:
   config.json           the configuration tree, the resolved per-cell values and the environment
+  config.yaml           every setting by its flag's name: `--config` runs the sweep again
   results.csv           one row per finished cell (results), merged in under a lock after every cell
   claims/               which process runs which cell (results.claims)
   cells/<cell>/         Lightning's CSVLogger output, the cell's result.json and its saved adapter
@@ -32,6 +33,7 @@ from ssmlora.lab.cell import CellConfig, run_cell_safely
 from ssmlora.lab.runtime import batch_plan, environment, is_rank_zero
 from ssmlora.sweep.variants import MethodVariant
 from ssmlora.sweep.config import GRID, SweepConfig
+from ssmlora.sweep.config_file import config_yaml
 from ssmlora.sweep.launch import prepare_in_process, run_cell_in_process
 from ssmlora.sweep.tune import apply_choice, run_tuning, trial_cells, trial_tag
 from ssmlora.sweep.validate import validate
@@ -243,8 +245,10 @@ def extrapolation_rows(cfg: SweepConfig, folder: Path) -> list[dict]:
 def _write_config(cfg: SweepConfig, folder: Path, old_cfg: dict, tuning: dict | None = None,
                   prep: dict | None = None, plan: dict | None = None) -> None:
     if is_rank_zero():
-        write_atomically(SweepFolder(folder).config,
-                         json.dumps(config_json(cfg, folder.name, old_cfg, tuning, prep, plan), indent=2, default=str))
+        record = config_json(cfg, folder.name, old_cfg, tuning, prep, plan)
+        write_atomically(SweepFolder(folder).config, json.dumps(record, indent=2, default=str))
+        grid = {name: record[name] for name in ("methods", "lengths", "seeds")}  # every value the folder holds
+        write_atomically(SweepFolder(folder).settings, config_yaml(cfg, grid))
 
 
 def _finished(res_path: Path, sweep_hash: str, retry_failed: bool) -> dict[tuple, dict]:
