@@ -15,8 +15,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from transformers import AutoTokenizer
 
 from data_prep import majority_rate
@@ -36,7 +35,7 @@ from ssmlora.lab.probe import init_head_from_probe, probe_predictions
 from ssmlora.lab.profilers import ThroughputCallback
 from ssmlora.lab.progress import StepProgressBar
 from ssmlora.lab.runtime import RuntimeConfig, batch_plan, is_rank_zero, quiet_libraries
-from ssmlora.lab.trainer import make_trainer, reduce_cell_figures, total_steps
+from ssmlora.lab.trainer import cell_loggers, make_trainer, reduce_cell_figures, total_steps
 from ssmlora.serialization import load_adapters, save_adapters, ssm_state_snapshot
 
 
@@ -235,13 +234,14 @@ def train_phase(cfg: CellConfig, built: Built, cell_dir: Path, meter: Meter, dev
     steps, micro = total_steps(cfg, built.data), cfg.batch_plan()[1]
     module = AdapterClassifier(built.model, len(built.labels), cfg.optim, lr=cfg.lr, max_steps=steps)
     speed = ThroughputCallback(warmup_steps=1 if steps > 2 else 0)
-    callbacks = [speed, StepProgressBar()]
+    # The rate monitor first: it logs at each step's start, before the throughput callback starts its clock.
+    callbacks = [LearningRateMonitor(logging_interval="step"), speed, StepProgressBar()]
     validate = cfg.optim.val_every > 0
     if validate:
         callbacks.append(ModelCheckpoint(dirpath=str(cell_dir / "checkpoints"), monitor="val_acc", mode="max",
                                          save_top_k=1, save_weights_only=True))
-    trainer = make_trainer(cfg, steps, callbacks, logger=CSVLogger(str(cell_dir), name="", version=""),
-                           validate=validate, default_root_dir=str(cell_dir))
+    trainer = make_trainer(cfg, steps, callbacks, logger=cell_loggers(cfg.runtime, cell_dir), validate=validate,
+                           default_root_dir=str(cell_dir))
     dm = TaskDataModule(built.data, micro, cfg.seed, built.pad_id)
     if validate:  # the learning curve's step 0, on the same validation documents
         trainer.validate(module, datamodule=dm, verbose=False)  # a checkpoint is only ever saved during fit

@@ -133,6 +133,8 @@ class ThroughputCallback(L.Callback):
             return
         self._sync()
         elapsed = time.perf_counter() - self._step_start
+        for logger in trainer.loggers:  # after the clock stopped: logging is never timed
+            logger.log_metrics({"step_time_s": elapsed}, step=trainer.global_step)
         # trainer.global_step already counts this step here; steps 1..warmup_steps are warm-up.
         if trainer.global_step > self.warmup_steps:
             self.step_times.append(elapsed)

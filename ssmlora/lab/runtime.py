@@ -16,6 +16,7 @@ PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 STRATEGIES = ("auto", "ddp", "fsdp")
 ACCELERATORS = ("auto", "cpu", "gpu")
 ADAPTER_FORMATS = ("ssmlora", "peft", "none")
+LOGGERS = ("csv", "tensorboard")
 
 
 @dataclass
@@ -46,7 +47,13 @@ class RuntimeConfig:
                 "peft.PeftModel.from_pretrained loads; other methods have no PEFT tuner and keep ssmlora's) | "
                 "none", "choices": ADAPTER_FORMATS})
 
-    NOT_IDENTITY = ("threads", "verbose", "save_adapters")  # how fast, how loud, what is kept: never what is computed
+    logger: str = field(default="csv", metadata={
+        "help": "each cell's training log: csv (Lightning's CSVLogger, cells/<cell>/metrics.csv, which the "
+                "figures read) | tensorboard (the same CSV plus TensorBoard's event files in "
+                "cells/<cell>/tensorboard/: tensorboard --logdir <sweep folder>; needs the tensorboard extra)",
+        "choices": LOGGERS})
+
+    NOT_IDENTITY = ("threads", "verbose", "save_adapters", "logger")  # never what is computed
 
     @property
     def world_size(self) -> int:

@@ -7,8 +7,18 @@ import os
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ssmlora.lab.runtime import RuntimeConfig
+
+
+def cell_loggers(runtime: RuntimeConfig, cell_dir) -> list:
+    """Lightning's CSVLogger (metrics.csv, which the figures read), and TensorBoard's beside it with --logger
+    tensorboard (cell_dir/tensorboard/): the training loss, learning rate, validation scores and step time."""
+    loggers = [CSVLogger(str(cell_dir), name="", version="")]
+    if runtime.logger == "tensorboard":
+        loggers.append(TensorBoardLogger(str(cell_dir), name="", version="tensorboard", default_hp_metric=False))
+    return loggers
 
 
 def total_steps(cfg, data) -> int:

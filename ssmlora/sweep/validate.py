@@ -124,6 +124,16 @@ def check_settings(cfg: SweepConfig) -> None:
                          f"{MIN_LEN} tokens")
 
 
+def check_logger(cfg: SweepConfig) -> None:
+    """--logger tensorboard needs a TensorBoard writer (Lightning takes tensorboard's, else tensorboardX's)."""
+    import importlib.util
+
+    if cfg.runtime.logger == "tensorboard" and not any(importlib.util.find_spec(m) for m in ("tensorboard",
+                                                                                             "tensorboardX")):
+        raise SweepError("--logger tensorboard needs TensorBoard, which is not installed: pip install -e "
+                         "'.[tensorboard]' (or pip install tensorboard), or use --logger csv")
+
+
 def check_devices(cfg: SweepConfig, in_process: bool = False, warn=None) -> None:
     """Devices, nodes, strategy and accelerator against this machine."""
     rt = cfg.runtime
@@ -284,6 +294,7 @@ def validate(cfg: SweepConfig, out: Path, name: str | None, in_process: bool = F
     except ValueError as err:  # UnknownTaskError lists the known tasks
         raise SweepError(str(err)) from None
     check_devices(cfg, in_process, warn)
+    check_logger(cfg)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a config read can warn about fields this version ignores
