@@ -1,10 +1,12 @@
 """A sweep folder's layout, named once, and the one way every file in it is written.
 
     <sweep>/config.json            the configuration tree, resolved values, environment
+    <sweep>/config.yaml            every setting by its flag's name (`--config` runs the sweep again)
     <sweep>/results.csv            one row per finished cell (the results contract); results.bad.csv beside it
     <sweep>/report.md, plots/      the report and its figures
     <sweep>/cells/<tag>/           one cell: result.json, predictions.csv, predictions-L<eval>.csv,
                                    probe_predictions.csv, extrapolation.json, Lightning's logs
+                                   (tensorboard/ with --logger tensorboard), adapter/ (--save-adapters)
     <sweep>/claims/                cell claims (results.claims)
     <sweep>/probe/                 cached frozen features of the linear probe
     <sweep>/tune/                  validation trials of --tune and their tuning.json
