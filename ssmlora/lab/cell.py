@@ -283,9 +283,8 @@ def save_outputs(built: Built, fit: Fit, state: dict, probe_rows: list[dict], ce
     predictions = gather_predictions(fit.trainer, fit.module.predictions)  # every rank takes part
     if fit.trainer.is_global_zero:
         ids = doc_ids(built.data["test"])
-        if keep != "none":
-            config = getattr(built.model, "adapter_config", None)
-            lora = config is not None and config.method == "lora"
+        if keep != "none":  # only LoRA has a PEFT tuner; other methods keep this library's format
+            lora = built.model.adapter_config.method == "lora"  # every cell's model is injected, frozen included
             save_adapters(built.model, cell_dir / "adapter", ssm_state=state,
                           format="peft" if keep == "peft" and lora else "ssmlora")
         write_predictions(cell_dir / predictions_file(), predictions, ids)
